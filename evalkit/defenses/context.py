@@ -1,0 +1,57 @@
+"""How defended models talk to trainers and attacks without labels ever entering ``forward``.
+
+* Label-conditioned modules (CAS in training, CIFS in training) set ``uses_labels = True`` and
+  read ``self.labels``; :func:`label_context` fills it for one block of code and always clears
+  it, so a plain ``model(x)`` is the honest test-time model.
+* Modules with auxiliary heads set ``has_aux_head = True`` and store their latest head logits
+  in ``self.aux_logits`` during ``forward``; :func:`aux_logits` collects them (joint losses,
+  adaptive attacks).
+* Stochastic modules (SAP) set ``stochastic = True``; bounded-logit heads (HE) set
+  ``bounded_logits = True``. The harness reads these flags to choose adaptive attacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+
+
+@contextmanager
+def label_context(model: nn.Module, y: torch.Tensor | None) -> Iterator[nn.Module]:
+    """Give label-conditioned modules the true labels ``y`` inside the ``with`` block only."""
+    mods = [m for m in model.modules() if getattr(m, "uses_labels", False)]
+    for m in mods:
+        m.labels = y
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.labels = None
+
+
+def aux_logits(model: nn.Module) -> list[torch.Tensor]:
+    """Auxiliary-head logits recorded by the latest forward, in module order."""
+    return [m.aux_logits for m in model.modules()
+            if getattr(m, "has_aux_head", False) and getattr(m, "aux_logits", None) is not None]
+
+
+def _flag(model: nn.Module, name: str) -> bool:
+    return any(getattr(m, name, False) for m in model.modules())
+
+
+def has_aux_heads(model: nn.Module) -> bool:
+    """True for CAS/CIFS-style models: attacks should add the heads' losses (joint loss)."""
+    return _flag(model, "has_aux_head")
+
+
+def is_stochastic(model: nn.Module) -> bool:
+    """True when the model declares randomness at test time (SAP): attacks need EOT."""
+    return _flag(model, "stochastic")
+
+
+def has_bounded_logits(model: nn.Module) -> bool:
+    """True for HE-style cosine logits: CE attacks understate, use margin/DLR losses."""
+    return _flag(model, "bounded_logits")

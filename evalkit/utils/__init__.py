@@ -1,0 +1,1 @@
+"""Small shared helpers: devices, seeding, atomic file writes and flag parsing."""

@@ -1,0 +1,141 @@
+"""Training objectives: standard, PGD-AT (Madry), TRADES (Zhang et al.) and MART (Wang et al.).
+
+Each returns ``(loss, logits)`` where ``logits`` are those whose accuracy is logged (adversarial
+for AT/MART, natural for standard/TRADES). Plugin hooks compose with every objective:
+``margin_logits`` (HE) changes the logits fed to the CE terms; ``extra_loss`` (CAS/CIFS heads)
+is taken right after the forward of the examples the objective trains on. The whole loss is
+computed inside ``label_context(model, y)`` so label-conditioned modules see labels only here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from evalkit.attacks.losses import AttackLoss, make_loss
+from evalkit.attacks.pgd import pgd
+from evalkit.defenses.context import has_aux_heads, label_context
+
+
+@dataclass
+class ObjectiveContext:
+    """What an objective needs besides the batch."""
+
+    objective: str
+    eps: float
+    steps: int
+    step_size: float
+    beta: float
+    attack_bn: str = "eval"
+    margin_fns: list[Callable[..., torch.Tensor]] = field(default_factory=list)
+    extra_fns: list[Callable[..., torch.Tensor]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    autocast: Callable[[], Any] = nullcontext
+
+
+def _ce(ctx: ObjectiveContext, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    for fn in ctx.margin_fns:
+        logits = fn(logits, y, ctx.params)
+    return F.cross_entropy(logits, y)
+
+
+def _extra(ctx: ObjectiveContext, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    total = logits.new_zeros(())
+    for fn in ctx.extra_fns:
+        total = total + fn(model, logits, y, ctx.params)
+    return total
+
+
+def craft(
+    attack_model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ctx: ObjectiveContext,
+    loss: AttackLoss,
+    generator: torch.Generator,
+    init: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Training-time PGD; BN in eval mode while crafting unless ``attack_bn == 'train'``."""
+    was_training = attack_model.training
+    if ctx.attack_bn == "eval":
+        attack_model.eval()
+    try:
+        with ctx.autocast():
+            return pgd(attack_model, x, y, ctx.eps, steps=ctx.steps, step_size=ctx.step_size, loss=loss,
+                       random_start=init is None, generator=generator, init=init)
+    finally:
+        attack_model.train(was_training)
+
+
+def _attack_loss(model: nn.Module, ctx: ObjectiveContext) -> AttackLoss:
+    """CE, or the joint loss (final + heads) for auxiliary-head defenses, as CAS/CIFS train."""
+    if has_aux_heads(model):
+        beta = float(ctx.params.get("cas_beta", ctx.params.get("cifs_beta", 2.0)))
+        return make_loss("ce", joint=True, beta=beta)
+    return make_loss("ce")
+
+
+def standard_loss(model, attack_model, x, y, ctx, gen):
+    with label_context(model, y), ctx.autocast():
+        logits = model(x)
+        loss = _ce(ctx, logits, y) + _extra(ctx, attack_model, logits, y)
+    return loss, logits
+
+
+def pgd_at_loss(model, attack_model, x, y, ctx, gen):
+    x_adv = craft(attack_model, x, y, ctx, _attack_loss(attack_model, ctx), gen)
+    with label_context(model, y), ctx.autocast():
+        logits = model(x_adv)
+        loss = _ce(ctx, logits, y) + _extra(ctx, attack_model, logits, y)
+    return loss, logits
+
+
+def trades_loss(model, attack_model, x, y, ctx, gen):
+    """CE(f(x), y) + beta * KL(f(x') || f(x)); x' maximises the KL from x + 0.001 N(0, 1)."""
+    was = attack_model.training
+    if ctx.attack_bn == "eval":
+        attack_model.eval()
+    with torch.no_grad(), ctx.autocast():
+        p_nat = F.softmax(attack_model(x).float(), dim=1)
+    attack_model.train(was)
+
+    def kl_loss(m: nn.Module, xa: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(m(xa).float(), dim=1), p_nat, reduction="none").sum(1)
+
+    noise = 0.001 * torch.randn(x.shape, generator=gen).to(x.device)
+    x_adv = craft(attack_model, x, y, ctx, kl_loss, gen, init=noise)
+    with label_context(model, y), ctx.autocast():
+        logits = model(x)
+        loss_nat = _ce(ctx, logits, y) + _extra(ctx, attack_model, logits, y)
+        logits_adv = model(x_adv)
+        kl = F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits.float(), 1), reduction="batchmean")
+        loss = loss_nat + ctx.beta * kl
+    return loss, logits
+
+
+def mart_loss(model, attack_model, x, y, ctx, gen):
+    """BCE-boosted CE on x' + beta * KL(f(x) || f(x')) weighted by (1 - p_y(x))."""
+    x_adv = craft(attack_model, x, y, ctx, make_loss("ce"), gen)
+    with label_context(model, y), ctx.autocast():
+        logits_adv = model(x_adv)
+        extra = _extra(ctx, attack_model, logits_adv, y)
+        logits_nat = model(x)
+    logits_adv, logits_nat = logits_adv.float(), logits_nat.float()
+    adv_probs = F.softmax(logits_adv, dim=1)
+    top2 = adv_probs.topk(2, dim=1).indices
+    runner_up = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
+    bce = _ce(ctx, logits_adv, y) + F.nll_loss(torch.log(1.0001 - adv_probs + 1e-12), runner_up)
+    nat_probs = F.softmax(logits_nat, dim=1)
+    true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)
+    kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(1)
+    loss = bce + ctx.beta * (kl * (1.0000001 - true_probs)).mean() + extra
+    return loss, logits_adv
+
+
+OBJECTIVES = {"standard": standard_loss, "at": pgd_at_loss, "trades": trades_loss, "mart": mart_loss}

@@ -1,0 +1,250 @@
+"""Run a study end to end: train (or reuse) its models, run its evaluations and analyses,
+judge its claims, and write ``findings.json``, ``FINDINGS.md`` and ``report.html``.
+
+Every step is an ``evalkit`` command line (or ``python -m analysis.pooling``), run in-process
+and recorded verbatim in FINDINGS.md, so anyone can rerun a single step by hand. Completed steps
+are skipped and interrupted ones resumed, so rerunning the study after a kill continues it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from analysis.studies.catalog import SCALES, STUDIES
+from analysis.studies.spec import Finding, Scale, Study, StudyContext
+from evalkit.errors import EvalkitError
+from evalkit.utils.io import atomic_write_json, atomic_write_text
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise EvalkitError(f"unknown study {name!r} (known: {', '.join(STUDIES)}, or all)")
+    return STUDIES[name]
+
+
+def scale_for(
+    name: str, *, dataset: str | None = None, eps: str | None = None, epochs: int | None = None
+) -> Scale:
+    if name not in SCALES:
+        raise EvalkitError(f"unknown --scale {name!r} (use cpu or gpu)")
+    s = SCALES[name]
+    changes = {
+        k: v for k, v in {"dataset": dataset, "eps": eps, "epochs": epochs}.items() if v is not None
+    }
+    if changes:
+        from dataclasses import replace
+
+        s = replace(s, **changes)
+    return s
+
+
+def _run(argv: list[str], log: list[str]) -> None:
+    """Run one step in-process; a failure stops the study with the failing command named."""
+    if argv[0] == "python":
+        module, args = argv[1], argv[2:]
+        log.append(shlex.join(["python", "-m", module, *args]))
+        code = importlib.import_module(module).main(args)
+    else:
+        from evalkit.cli import main
+
+        log.append(shlex.join(["evalkit", *argv]))
+        code = main(argv)
+    if code:
+        raise EvalkitError(f"study step failed (exit {code}): {log[-1]}")
+
+
+def _train_argv(ctx: StudyContext, key: str, defense: str, extra: tuple[str, ...]) -> list[str]:
+    s = ctx.scale
+    return [
+        "train",
+        "--dataset",
+        s.dataset,
+        "--arch",
+        s.arch,
+        "--defense",
+        defense,
+        "--epochs",
+        str(s.epochs),
+        "--eps",
+        s.eps,
+        *s.train_args,
+        *extra,
+        "--seed",
+        str(ctx.seed),
+        "--device",
+        ctx.device,
+        "--out",
+        str(ctx.ckpt(key).parent),
+    ]
+
+
+def _train_step(
+    ctx: StudyContext, key: str, defense: str, extra: tuple[str, ...]
+) -> list[str] | None:
+    """The train command, ``--resume`` when partly done, or None when the checkpoint is complete."""
+    argv = _train_argv(ctx, key, defense, extra)
+    ckpt = ctx.ckpt(key)
+    if ckpt.exists():
+        done = torch.load(ckpt, map_location="cpu", weights_only=True).get("epoch") or 0
+        if done >= ctx.scale.epochs:
+            return None
+        argv.append("--resume")
+    return argv
+
+
+def _attack_done(argv: list[str]) -> list[str] | None:
+    out = Path(argv[argv.index("--out") + 1])
+    if (out / "summary.json").exists():
+        return None
+    return argv + ["--resume"] if out.exists() else argv
+
+
+def _analysis_done(argv: list[str]) -> list[str] | None:
+    out = Path(argv[argv.index("--out") + 1])
+    return None if (out / "analysis.json").exists() else argv
+
+
+def findings_markdown(
+    study: Study,
+    ctx: StudyContext,
+    findings: list[Finding],
+    commands: list[str],
+    meta: dict[str, Any],
+) -> str:
+    lines = [
+        f"# Study `{study.name}`: {study.title}",
+        "",
+        f"Paper: {study.paper}",
+        "",
+        f"Scale: **{ctx.scale.name}** — {ctx.scale.notes}. Dataset `{ctx.scale.dataset}`, arch "
+        f"`{ctx.scale.arch}`, eps {ctx.scale.eps}, evaluation preset `{ctx.scale.preset}`, seed {ctx.seed}.",
+        "",
+        f"Regenerate: `{meta['command']}` (wall time of this run: {meta['wall_time_s'] / 60:.1f} min on "
+        f"{meta['device']}).",
+        "",
+        "| claim | verdict | numbers |",
+        "|---|---|---|",
+    ]
+    for f in findings:
+        nums = ", ".join(f"{k}={v}" for k, v in f.numbers.items() if not isinstance(v, dict))
+        lines.append(f"| {f.claim} | **{f.verdict}** | {nums} |")
+    lines += ["", "How each verdict was computed:", ""]
+    lines += [f"- *{f.claim}*: {f.explanation}" for f in findings]
+    lines += [
+        "",
+        "Commands run (in order; completed steps are skipped on a rerun):",
+        "",
+        "```bash",
+        *commands,
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_study(
+    name: str,
+    scale: Scale,
+    out: str | Path,
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    models_dir: str | Path | None = None,
+    publish: str | Path | None = None,
+    command: str | None = None,
+) -> list[Finding]:
+    """Run ``name`` at ``scale`` under ``out``; optionally copy the results to ``publish``."""
+    study = get_study(name)
+    out = Path(out) / name
+    ctx = StudyContext(
+        out=out,
+        models_dir=Path(models_dir) if models_dir else Path(out).parent / "models",
+        scale=scale,
+        device=device,
+        seed=seed,
+    )
+    t0 = time.perf_counter()
+    log: list[str] = []
+    steps: list[list[str] | None] = [
+        _train_step(ctx, m.key, m.defense, m.train_args) for m in study.models(scale)
+    ]
+    steps += [_attack_done(a) for a in study.evaluations(ctx)]
+    steps += [_analysis_done(a) for a in study.analyses(ctx)]
+    todo = [s for s in steps if s is not None]
+    print(f"study {name} ({scale.name}): {len(todo)} of {len(steps)} steps to run", file=sys.stderr)
+    for i, argv in enumerate(todo, 1):
+        print(f"[{name} {i}/{len(todo)}] evalkit {' '.join(argv[:2])} ...", file=sys.stderr)
+        _run(argv, log)
+    all_commands = [
+        shlex.join(["evalkit", *a])
+        if a[0] != "python"
+        else shlex.join(["python", "-m", a[1], *a[2:]])
+        for a in (
+            [_train_argv(ctx, m.key, m.defense, m.train_args) for m in study.models(scale)]
+            + study.evaluations(ctx)
+            + study.analyses(ctx)
+        )
+    ]
+    findings = study.judge(ctx)
+    meta = {
+        "study": name,
+        "scale": scale.name,
+        "scale_config": scale.__dict__,
+        "seed": seed,
+        "device": str(device),
+        "wall_time_s": time.perf_counter() - t0,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command or f"evalkit study {name} --scale {scale.name}",
+    }
+    atomic_write_json(
+        out / "findings.json",
+        meta | {"findings": [f.to_dict() for f in findings], "commands": all_commands},
+    )
+    atomic_write_text(
+        out / "FINDINGS.md", findings_markdown(study, ctx, findings, all_commands, meta)
+    )
+    _report(study, ctx, findings)
+    for f in findings:
+        print(f"  {f.verdict:>15}: {f.claim}", file=sys.stderr)
+    if publish:
+        _publish(out, Path(publish) / name / scale.name)
+    return findings
+
+
+def _report(study: Study, ctx: StudyContext, findings: list[Finding]) -> None:
+    from reports import build_report
+
+    runs = sorted(p.parent for p in (ctx.out / "runs").glob("*/summary.json"))
+    analyses = sorted(p.parent for p in (ctx.out / "analysis").glob("*/analysis.json"))
+    build_report(
+        runs,
+        ctx.out / "report.html",
+        analysis_dirs=analyses,
+        title=f"evalkit study {study.name} ({ctx.scale.name}): {study.title}",
+        findings=[f.to_dict() for f in findings],
+    )
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Copy the reviewable results (report, findings) — not checkpoints or raw arrays."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("report.html", "FINDINGS.md", "findings.json"):
+        if (src / name).exists():
+            (dst / name).write_bytes((src / name).read_bytes())
+    print(f"published {src} -> {dst}", file=sys.stderr)
+
+
+def list_studies() -> str:
+    rows = [f"{s.name:<10} {s.title}  [{s.paper}]" for s in STUDIES.values()]
+    return "\n".join(rows)
+
+
+__all__ = ["get_study", "list_studies", "run_study", "scale_for"]

@@ -1,0 +1,428 @@
+"""Evaluation protocols: which attacks run, in which order, with which loss and budget.
+
+A :class:`Preset` is a named, ordered list of :class:`AttackPlan` entries plus default eps and
+norm. ``default`` is DESIGN.md §6 (FGSM; PGD-20 step eps/4 with random start; CW-inf = PGD-30 on
+the per-example CW margin; AutoAttack standard). ``fast`` is a cheap stand-in for demos and
+tests; ``paper-*`` presets follow each seed paper's own evaluation script so its numbers can be
+reproduced. Adaptive additions (joint loss for auxiliary heads, EOT for randomness, DLR for
+bounded logits) are added by :func:`adapt_plans` from the model's flags, never by hand.
+
+Order matters under compaction: cheap attacks go first so the expensive ones (AutoAttack) only
+see the points that survived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from evalkit.errors import EvalkitError
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """One attack of a protocol.
+
+    ``id`` names the attack in results (``pgd-20``); ``attack`` is the registry name
+    (:mod:`evalkit.attacks.registry`); ``family`` lets ``--attacks pgd`` pick this entry.
+    Step sizes are given relative to eps (``step_frac``) or absolute (``step_abs``) because
+    protocols state them both ways (PGD-20 "eps/4" vs CAS's "0.003").
+    """
+
+    id: str
+    attack: str
+    family: str
+    loss: str = "ce"
+    joint: bool = False
+    eot: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+    step_frac: float | None = None
+    step_abs: float | None = None
+    description: str = ""
+    white_box: bool = True
+    uses_loss: bool = True  # False: the attack brings its own losses (AutoAttack, Square, Foolbox)
+    adaptive: str | None = None  # why it was added/changed for this model (None: protocol's own)
+
+    def resolved_options(self, eps: float, norm: str = "linf") -> dict[str, Any]:
+        """Attack options for one eps (step size made absolute). Relative steps are Linf rules;
+        under L2 the attack's own default (PGD: ``2.5 * eps / steps``) is used instead."""
+        opts = dict(self.options)
+        if self.step_abs is not None:
+            opts["step_size"] = self.step_abs
+        elif self.step_frac is not None and norm == "linf":
+            opts["step_size"] = self.step_frac * eps
+        return opts
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-JSON description for config.json / summary.json ``protocol``."""
+        return {
+            "id": self.id,
+            "attack": self.attack,
+            "family": self.family,
+            "loss": self.loss,
+            "joint": self.joint,
+            "eot": self.eot,
+            "options": dict(self.options),
+            "step_frac": self.step_frac,
+            "step_abs": self.step_abs,
+            "description": self.description,
+            "white_box": self.white_box,
+            "uses_loss": self.uses_loss,
+            "adaptive": self.adaptive,
+        }
+
+    def line(self) -> str:
+        """One human line for the protocol printout."""
+        loss = ("joint-" if self.joint else "") + self.loss
+        extra = f", EOT-{self.eot}" if self.eot > 1 else ""
+        tag = f"  [adaptive: {self.adaptive}]" if self.adaptive else ""
+        how = f" (loss {loss}{extra})" if self.uses_loss else " (its own losses)"
+        return f"{self.id:<18} {self.description}{how}{tag}"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    attacks: tuple[AttackPlan, ...]
+    eps: str = "8/255"
+    norm: str = "linf"
+
+
+def _fgsm() -> AttackPlan:
+    return AttackPlan("fgsm", "fgsm", "fgsm", description="FGSM, one signed step of size eps")
+
+
+def _pgd(
+    steps: int,
+    *,
+    frac: float | None = 0.25,
+    step_abs: float | None = None,
+    random_start: bool = True,
+    loss: str = "ce",
+    family: str = "pgd",
+    pid: str | None = None,
+) -> AttackPlan:
+    step_txt = f"step {step_abs:g}" if step_abs is not None else f"step eps*{frac:g}"
+    rs = "random start" if random_start else "no random start"
+    return AttackPlan(
+        pid or f"pgd-{steps}",
+        "pgd",
+        family,
+        loss=loss,
+        options={"steps": steps, "random_start": random_start},
+        step_frac=None if step_abs is not None else frac,
+        step_abs=step_abs,
+        description=f"PGD-{steps}, {step_txt}, {rs}",
+    )
+
+
+def _cw_inf(
+    steps: int,
+    *,
+    frac: float | None = 0.25,
+    step_abs: float | None = None,
+    random_start: bool = True,
+) -> AttackPlan:
+    plan = _pgd(
+        steps,
+        frac=frac,
+        step_abs=step_abs,
+        random_start=random_start,
+        loss="cw",
+        family="cw",
+        pid=f"cw-inf-{steps}" if steps != 30 else "cw-inf",
+    )
+    return replace(plan, description=f"CW-inf: {plan.description} on the per-example CW margin")
+
+
+def _aa(version: str = "standard", **options: Any) -> AttackPlan:
+    return AttackPlan(
+        "autoattack" if version == "standard" and not options else f"autoattack-{version}",
+        "autoattack",
+        "autoattack",
+        options={"version": version, **options},
+        uses_loss=False,
+        description=f"AutoAttack {version}" + (f" {options}" if options else ""),
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "default",
+            "DESIGN.md §6: FGSM; PGD-20 (eps/4, random start); CW-inf (PGD-30 on "
+            "the CW margin); AutoAttack standard",
+            (_fgsm(), _pgd(20), _cw_inf(30), _aa("standard")),
+        ),
+        Preset(
+            "fast",
+            "demo/test stand-in: FGSM; PGD-10; CW-inf-10; AutoAttack custom "
+            "(APGD-CE + APGD-DLR, 1 restart, 20 iterations)",
+            (
+                _fgsm(),
+                _pgd(10),
+                _cw_inf(10),
+                _aa("custom", attacks=["apgd-ce", "apgd-dlr"], n_iter=20, n_restarts=1),
+            ),
+        ),
+        Preset("study-cpu", "CPU-scale studies: FGSM; PGD-20 (eps/4, random start); CW-inf "
+               "(PGD-30 on the CW margin); AutoAttack custom (APGD-CE + APGD-DLR, 100 "
+               "iterations, 1 restart; the targeted APGD-T/FAB-T and Square are left out to fit "
+               "CPU time)",
+               (_fgsm(), _pgd(20), _cw_inf(30),
+                _aa("custom", attacks=["apgd-ce", "apgd-dlr"], n_iter=100, n_restarts=1))),
+        Preset("pgd", "PGD-20 only (quick check; not a robustness claim)", (_pgd(20),)),
+        Preset(
+            "paper-cas",
+            "CAS (Bai et al. 2021) Trades/pgd_attack_cifar10_cas.py: eps 0.031; "
+            "R+FGSM (random start, one step of 8/255); PGD-20 step 0.003; CW-inf PGD-20 step "
+            "0.003 on the margin; joint loss beta=2 for CAS models",
+            (
+                replace(
+                    _pgd(1, step_abs=8 / 255),
+                    id="rfgsm",
+                    family="fgsm",
+                    description="R+FGSM: random start, one step of 8/255",
+                ),
+                _pgd(20, step_abs=0.003),
+                _cw_inf(20, step_abs=0.003),
+            ),
+            eps="0.031",
+        ),
+        Preset(
+            "paper-cifs",
+            "CIFS (Yan et al. 2021) run.sh: PGD-20 step 0.8/255, no random "
+            "start, joint loss for CIFS models; eps 8/255",
+            (_pgd(20, step_abs=0.8 / 255, random_start=False),),
+        ),
+        Preset(
+            "paper-he",
+            "HE (Pang et al. 2020): PGD-20 step 0.003 with CE and with the CW "
+            "margin, then AutoAttack standard (CE alone overstates HE)",
+            (_pgd(20, step_abs=0.003), _cw_inf(20, step_abs=0.003), _aa("standard")),
+        ),
+        Preset(
+            "paper-sap",
+            "SAP broken by EOT (Athalye et al. 2018): PGD-100 with EOT, then "
+            "AutoAttack rand (EOT-20)",
+            (_pgd(100, frac=0.1), _aa("rand")),
+        ),
+        Preset(
+            "paper-rcm",
+            "RCM (2022): PGD-20 step 2/255, then AutoAttack standard",
+            (_pgd(20, step_abs=2 / 255), _aa("standard")),
+        ),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Look up a preset, listing the known ones on a miss."""
+    try:
+        return PRESETS[name.strip().lower()]
+    except KeyError:
+        raise EvalkitError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None
+
+
+def select_attacks(
+    preset: Preset, names: list[str] | None, norm: str, registry: dict[str, Any]
+) -> list[AttackPlan]:
+    """The preset's attacks, or the ones named by ``--attacks``.
+
+    A name first matches a family or id of the preset (``pgd`` -> the preset's PGD entry, ``cw``
+    -> CW-inf for Linf or the CW-L2 optimisation attack for L2); otherwise it is a registry
+    attack run with its own defaults (``square``, ``cw_l2``, ``foolbox:Name``).
+    """
+    if not names:
+        plans = list(preset.attacks)
+    else:
+        plans = []
+        for raw in names:
+            name = raw.strip().lower()
+            if not name:
+                continue
+            if name == "cw" and norm == "l2":
+                name = "cw_l2"
+            if name == "aa":
+                name = "autoattack"
+            match = [p for p in preset.attacks if name in (p.id, p.family)]
+            if not match and name in {p.family for p in PRESETS["default"].attacks}:
+                match = [p for p in PRESETS["default"].attacks if p.family == name]
+            if match:
+                plans.extend(match)
+                continue
+            if name.startswith("foolbox:"):
+                plans.append(
+                    AttackPlan(
+                        raw.strip(),
+                        "foolbox:" + raw.strip().split(":", 1)[1],
+                        "foolbox",
+                        description=f"Foolbox {raw.split(':', 1)[1]}",
+                        uses_loss=False,
+                    )
+                )
+                continue
+            if name not in registry:
+                known = sorted({*registry, *(p.family for p in preset.attacks), "cw"})
+                raise EvalkitError(
+                    f"unknown attack {raw!r} (known: {', '.join(known)}, or foolbox:AttackName)"
+                )
+            spec = registry[name]
+            spec_loss = getattr(spec, "loss", "ce")
+            plans.append(
+                AttackPlan(
+                    name,
+                    name,
+                    name,
+                    loss=spec_loss or "ce",
+                    options=dict(spec.defaults),
+                    description=spec.description or name,
+                    white_box=name != "square",
+                    uses_loss=spec_loss is not None,
+                )
+            )
+    # unsupported norms: drop preset entries, refuse explicit ones
+    out = []
+    for p in plans:
+        spec = registry.get(p.attack)
+        norms = (
+            tuple(getattr(spec, "norms", ("linf", "l2"))) if spec is not None else ("linf", "l2")
+        )
+        if norm in norms:
+            out.append(p)
+        elif names:
+            raise EvalkitError(
+                f"attack {p.id!r} does not support --norm {norm} (it supports {', '.join(norms)})"
+            )
+    if not out:
+        raise EvalkitError(
+            f"no attack of preset {preset.name!r} supports --norm {norm} (name some with --attacks)"
+        )
+    if norm == "l2":  # relative Linf steps give way to the attack's own L2 rule
+        out = [
+            replace(
+                p,
+                description=p.description.replace(
+                    f"step eps*{p.step_frac:g}", "L2 step 2.5*eps/steps"
+                ),
+            )
+            if p.step_frac is not None and p.step_abs is None
+            else p
+            for p in out
+        ]
+        out = [
+            replace(
+                p,
+                id=p.id.replace("cw-inf", "cw-pgd"),
+                description=p.description.replace("CW-inf", "CW margin"),
+            )
+            if p.family == "cw" and p.attack == "pgd"
+            else p
+            for p in out
+        ]
+    # ids must be unique (they key the records)
+    seen: dict[str, int] = {}
+    uniq = []
+    for p in out:
+        k = seen.get(p.id, 0)
+        seen[p.id] = k + 1
+        uniq.append(p if k == 0 else replace(p, id=f"{p.id}#{k + 1}"))
+    return uniq
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What the harness learned about the model before attacking it."""
+
+    aux_heads: bool = False
+    stochastic: bool = False  # declared by a module flag (SAP)
+    random_detected: bool = False  # two forward passes on one input differed
+    bounded_logits: bool = False
+    beta: float = 2.0
+
+
+def adapt_plans(
+    plans: list[AttackPlan], traits: ModelTraits, *, eot: int | None = None, loss: str | None = None
+) -> tuple[list[AttackPlan], list[dict[str, Any]]]:
+    """Add/strengthen attacks for the model's defense; returns (plans, adaptive records).
+
+    * auxiliary heads (CAS/CIFS): each gradient attack also runs on the joint loss
+      ``loss + beta * mean(loss on heads)`` (added right after its plain version);
+    * randomness (declared or detected): every gradient attack averages the loss over EOT
+      samples (default 20, as AutoAttack ``rand``) and AutoAttack switches to ``rand``;
+    * bounded logits (HE): PGD with the DLR loss is added (CE understates them).
+    ``loss`` (``--loss``) overrides the loss of every gradient attack but CW; ``eot`` overrides the
+    EOT count (1 disables, >1 forces it on even for deterministic models).
+    """
+    random = traits.stochastic or traits.random_detected
+    n_eot = eot if eot is not None else (20 if random else 1)
+    adaptive: list[dict[str, Any]] = []
+    out: list[AttackPlan] = []
+    for p in plans:
+        if loss and p.uses_loss and p.family != "cw":  # CW is defined by its margin loss
+            p = replace(p, loss=loss)
+        if n_eot > 1 and p.uses_loss:
+            p = replace(p, eot=n_eot, adaptive=p.adaptive or ("eot" if random else "eot (--eot)"))
+        if random and p.attack == "autoattack" and p.options.get("version") == "standard":
+            p = replace(
+                p,
+                id="autoattack-rand",
+                options={**p.options, "version": "rand"},
+                description="AutoAttack rand (APGD-CE + APGD-DLR with EOT-20)",
+                adaptive="randomness",
+            )
+        out.append(p)
+        if traits.aux_heads and p.uses_loss and not p.joint:
+            out.append(
+                replace(
+                    p,
+                    id=f"{p.id}-joint",
+                    joint=True,
+                    adaptive=f"aux heads: joint loss beta={traits.beta:g}",
+                    description=p.description + " + beta*aux-head loss",
+                )
+            )
+    if traits.bounded_logits and not any(p.loss == "dlr" for p in out):
+        pos = next((i + 1 for i, p in enumerate(out) if p.attack == "pgd"), len(out))
+        pos = min(pos, next((i for i, p in enumerate(out) if p.attack == "autoattack"), len(out)))
+        dlr = replace(
+            _pgd(20, loss="dlr", pid="pgd-20-dlr"), eot=n_eot, adaptive="bounded logits: DLR loss"
+        )
+        out.insert(pos, dlr)
+        if traits.aux_heads:
+            out.insert(pos + 1, replace(dlr, id="pgd-20-dlr-joint", joint=True))
+    if traits.aux_heads:
+        adaptive.append(
+            {
+                "name": "joint_loss",
+                "reason": "model has auxiliary heads (CAS/CIFS)",
+                "beta": traits.beta,
+                "attacks": [p.id for p in out if p.joint],
+            }
+        )
+    if n_eot > 1:
+        why = (
+            "model declares itself stochastic"
+            if traits.stochastic
+            else "two forward passes on the same input differed"
+            if traits.random_detected
+            else "requested with --eot"
+        )
+        adaptive.append(
+            {"name": "eot", "reason": why, "n": n_eot, "attacks": [p.id for p in out if p.eot > 1]}
+        )
+    if random and any(p.id == "autoattack-rand" for p in out):
+        adaptive.append(
+            {"name": "autoattack_rand", "reason": "randomness", "attacks": ["autoattack-rand"]}
+        )
+    if traits.bounded_logits:
+        adaptive.append(
+            {
+                "name": "dlr_loss",
+                "reason": "bounded logits (HE)",
+                "attacks": [p.id for p in out if p.loss == "dlr"],
+            }
+        )
+    return out, adaptive

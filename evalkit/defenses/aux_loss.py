@@ -37,3 +37,12 @@ def make_head_loss(beta_key: str):
 
     extra_loss.__name__ = f"head_loss_{beta_key}"
     return extra_loss
+
+
+def head_beta(params: dict[str, Any], default: float = 2.0) -> float:
+    """The auxiliary-head weight of whichever head defense is active (CAS or CIFS), used by
+    training adversaries and validation attacks so they maximise the same joint loss."""
+    for key in ("cas_beta", "cifs_beta"):
+        if key in params:
+            return get_float(params, key, minimum=0.0)
+    return default

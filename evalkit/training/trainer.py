@@ -25,6 +25,7 @@ from evalkit.attacks.pgd import pgd
 from evalkit.checkpoint import read_checkpoint_file, read_meta, save_checkpoint
 from evalkit.data import ArraySplit, dataset_info, iterate_batches, load_split
 from evalkit.defenses import apply_defenses, extra_losses, has_aux_heads, parse_spec, plugin_params
+from evalkit.defenses.aux_loss import head_beta
 from evalkit.defenses.registry import get_plugin, margin_transforms
 from evalkit.errors import EvalkitError
 from evalkit.models import build_model
@@ -68,13 +69,14 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return int((model(x).argmax(1) == y).sum())
 
 
-def validate(model: nn.Module, val: ArraySplit, cfg: TrainConfig, device: torch.device, epoch: int) -> tuple[float, float]:
+def validate(model: nn.Module, val: ArraySplit, cfg: TrainConfig, device: torch.device, epoch: int,
+             head_beta: float = 2.0) -> tuple[float, float]:
     """Clean and PGD accuracy on the held-out split (eval mode, joint loss for aux heads)."""
     if len(val) == 0:
         return float("nan"), float("nan")
     was = model.training
     model.eval()
-    loss = make_loss("ce", joint=has_aux_heads(model), beta=2.0)
+    loss = make_loss("ce", joint=has_aux_heads(model), beta=head_beta)
     gen = make_generator(derive_seed(cfg.seed, "val", epoch))
     clean = robust = 0
     for _, x, y in iterate_batches(val, 256):
@@ -159,6 +161,7 @@ def train(cfg: TrainConfig) -> Path:
         autocast=(lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext,
     )
     objective = OBJECTIVES[spec.objective]
+    beta_heads = head_beta(params)
     train_config = cfg.to_dict() | {"defense_spec": str(spec), "objective_beta": ctx.beta,
                                     "attack_step_size": ctx.step_size, "world_size": dist.world_size,
                                     "n_train_used": len(train_split), "n_val": len(val_split)}
@@ -194,7 +197,7 @@ def train(cfg: TrainConfig) -> Path:
         tot_loss, tot_correct, tot_n = all_reduce_sum([tot_loss, tot_correct, tot_n], device)
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        val_clean, val_pgd = validate(model, val_split, cfg, device, epoch)
+        val_clean, val_pgd = validate(model, val_split, cfg, device, epoch, beta_heads)
         row = {"epoch": epoch, "lr": lr, "train_loss": tot_loss / tot_n, "train_acc": tot_correct / tot_n,
                "val_clean_acc": val_clean, "val_pgd_acc": val_pgd, "time_s": time.perf_counter() - t0}
         history.append(row)

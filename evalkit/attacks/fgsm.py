@@ -17,7 +17,11 @@ def fgsm(
     loss: AttackLoss | str = "ce",
     targeted: bool = False,
 ) -> torch.Tensor:
-    """``clip(x + eps * sign(grad))`` (minus for a targeted attack)."""
+    """``clip(x + eps * sign(grad), 0, 1)`` (minus for a targeted attack), CE loss by default.
+
+    No random start (vanilla FGSM, as Foolbox's ``FGSM``; the CAS scripts' "FGSM" is R+FGSM).
+    The model's mode is left as the caller set it.
+    """
     loss_fn = make_loss(loss) if isinstance(loss, str) else loss
     x_adv = x.detach().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss_fn(model, x_adv, y).sum(), x_adv)

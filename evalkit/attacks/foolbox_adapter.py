@@ -1,0 +1,108 @@
+"""Any Foolbox 3 attack by name: ``foolbox:LinfPGD``, ``foolbox:L2CarliniWagnerAttack``, ...
+
+The name is matched case-insensitively against the attack classes in ``foolbox.attacks``;
+constructor options (``steps=10``, ``binary_search_steps=5``, ...) are passed through, so the
+defaults are Foolbox's own. Foolbox uses its own losses (the evalkit ``loss`` is ignored) and
+torch's global RNG for random starts, which is forked and seeded from evalkit's per-batch
+generator. The result is Foolbox's eps-clipped output, projected again into the ball and [0, 1].
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+
+from evalkit.attacks._external import external_call, finalize, seed_from
+from evalkit.errors import EvalkitError
+
+PREFIX = "foolbox:"
+_SKIP = {"Attack", "DatasetAttack"}
+_P_TO_NORM = {math.inf: "linf", 2.0: "l2", 1.0: "l1", 0.0: "l0"}
+
+
+@lru_cache(maxsize=1)
+def foolbox_attack_classes() -> dict[str, tuple[str, type]]:
+    """Lower-cased name -> (Foolbox's spelling, attack class), aliases such as ``LinfPGD``
+    and ``FGSM`` included."""
+    import foolbox as fb
+
+    out: dict[str, tuple[str, type]] = {}
+    for name in dir(fb.attacks):
+        obj = getattr(fb.attacks, name)
+        if inspect.isclass(obj) and issubclass(obj, fb.attacks.base.Attack) and name not in _SKIP:
+            out[name.lower()] = (name, obj)
+    return out
+
+
+def resolve(name: str) -> tuple[str, type]:
+    """Foolbox's spelling and class for ``foolbox:Name`` (or ``Name``); one-line error if
+    unknown."""
+    short = name[len(PREFIX) :] if name.lower().startswith(PREFIX) else name
+    classes = foolbox_attack_classes()
+    try:
+        return classes[short.strip().lower()]
+    except KeyError:
+        known = ", ".join(sorted(spelling for spelling, _ in classes.values()))
+        raise EvalkitError(f"unknown Foolbox attack {short!r} (known: {known})") from None
+
+
+def attack_norms(cls: type) -> tuple[str, ...]:
+    """Norms the class attacks in, read from a default instance's ``distance``."""
+    try:
+        p = float(cls().distance.p)
+    except Exception:  # noqa: BLE001 - classes needing constructor arguments
+        return ("linf", "l2")
+    return (_P_TO_NORM.get(p, f"l{p:g}"),)
+
+
+def foolbox_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    attack_name: str,
+    norm: str = "linf",
+    loss: object = None,
+    targeted: bool = False,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    **options,
+) -> torch.Tensor:
+    """Run Foolbox attack ``attack_name`` (constructor ``options``) at ``eps`` on one batch."""
+    import foolbox as fb
+
+    _, cls = resolve(attack_name)
+    try:
+        attack = cls(**options)
+    except TypeError as exc:
+        raise EvalkitError(f"bad options for foolbox:{cls.__name__}: {exc}") from None
+    criterion = (
+        fb.criteria.TargetedMisclassification(y) if targeted else fb.criteria.Misclassification(y)
+    )
+    with external_call(model, x, seed_from(generator, seed)):
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
+        _, clipped, _ = attack(fmodel, x.detach(), criterion, epsilons=float(eps))
+    return finalize(clipped, x, eps, norm)
+
+
+def foolbox_spec(name: str):
+    """An :class:`~evalkit.attacks.registry.AttackSpec` for ``foolbox:Name``."""
+    from evalkit.attacks.registry import AttackSpec, _check_norm
+
+    spelling, cls = resolve(name)
+    full = f"{PREFIX}{spelling}"
+    norms = attack_norms(cls)
+
+    def fn(model, x, y, eps, *, norm="linf", loss=None, generator=None, **options):
+        _check_norm(full, norm, norms)
+        return foolbox_attack(
+            model, x, y, eps, attack_name=spelling, norm=norm, generator=generator, **options
+        )
+
+    fn.__name__ = f"attack_foolbox_{spelling}"
+    return AttackSpec(full, fn, norms, f"Foolbox {cls.__name__} (Foolbox's defaults)", {}, None)

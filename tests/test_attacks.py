@@ -1,0 +1,306 @@
+"""Invariants and behaviour of evalkit's attack library: eps ball and [0, 1] for every
+registered attack (property test), registry errors, mode handling, restarts, targeted PGD,
+EOT and randomness detection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from evalkit.attacks import (
+    attack_mode,
+    eot_loss,
+    get_attack,
+    is_model_random,
+    make_loss,
+    needs_eot,
+    pgd,
+)
+from evalkit.errors import EvalkitError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Every registered attack with options small enough for a property test.
+FAST = {
+    "fgsm": ("linf", {}),
+    "pgd": ("linf", {"steps": 3}),
+    "pgd-l2": ("l2", {"steps": 3}),
+    "cw": ("linf", {"steps": 3}),
+    "cw_l2": ("l2", {"steps": 5, "binary_search_steps": 2}),
+    "autoattack": (
+        "linf",
+        {"version": "custom", "attacks": ["apgd-ce"], "n_iter": 3, "n_restarts": 1},
+    ),
+    "square": ("linf", {"n_queries": 10}),
+    "foolbox:LinfPGD": ("linf", {"steps": 3}),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(FAST))
+@settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(eps=st.floats(0.004, 0.5), seed=st.integers(0, 2**31 - 1), edges=st.booleans())
+def test_every_attack_stays_in_eps_ball_and_unit_range(atk_smallcnn, entry, eps, seed, edges):
+    norm, options = FAST[entry]
+    name = entry.split("-")[0]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, 1, 28, 28, generator=gen)
+    if edges:  # saturated pixels, where clipping and projection interact
+        x = (x > 0.5).float()
+    y = torch.randint(0, 10, (3,), generator=gen)
+    if norm == "l2":
+        eps = eps * 10
+    x_adv = get_attack(name).fn(atk_smallcnn, x, y, eps, norm=norm, generator=gen, **options)
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert torch.isfinite(x_adv).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
+    assert size.max() <= eps + 1e-6
+
+
+def test_unknown_attack_lists_known_ones():
+    with pytest.raises(EvalkitError) as err:
+        get_attack("pgd50")
+    message = str(err.value)
+    assert "\n" not in message
+    for known in ("fgsm", "pgd", "cw", "cw_l2", "autoattack", "square", "foolbox:"):
+        assert known in message
+
+
+def test_unknown_foolbox_attack_is_one_line_error():
+    with pytest.raises(EvalkitError) as err:
+        get_attack("foolbox:NoSuchAttack")
+    assert "\n" not in str(err.value) and "LinfPGD" in str(err.value)
+    assert get_attack("FOOLBOX:linfpgd").name == "foolbox:LinfPGD"
+
+
+def test_wrong_norm_is_user_error(atk_model, atk_data):
+    x, y = atk_data
+    with pytest.raises(EvalkitError, match="norm"):
+        get_attack("fgsm").fn(atk_model, x[:2], y[:2], 0.1, norm="l2")
+    with pytest.raises(EvalkitError, match="norm"):
+        get_attack("foolbox:LinfPGD").fn(atk_model, x[:2], y[:2], 0.1, norm="l2")
+
+
+def test_registry_defaults_are_applied_and_overridable(atk_model, atk_data):
+    x, y = atk_data
+    spec = get_attack("pgd")
+    assert spec.defaults == {"steps": 20, "random_start": True, "restarts": 1}
+    calls = []
+
+    def counting_loss(model, xs, ys):
+        calls.append(1)
+        return make_loss("ce")(model, xs, ys)
+
+    spec.fn(atk_model, x[:4], y[:4], 0.1, loss=counting_loss)
+    assert len(calls) == 20
+    calls.clear()
+    spec.fn(atk_model, x[:4], y[:4], 0.1, loss=counting_loss, steps=3)
+    assert len(calls) == 3
+
+
+def test_attack_mode_sets_eval_and_restores_everything():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Dropout(0.5))
+    model.train()
+    model[1].eval()  # a caller's mixed mode: frozen BatchNorm inside a training model
+    model[0].bias.requires_grad_(False)
+    with attack_mode(model):
+        assert not any(m.training for m in model.modules())
+        assert not any(p.requires_grad for p in model.parameters())
+    assert model.training and model[0].training and model[2].training and not model[1].training
+    assert model[0].weight.requires_grad and not model[0].bias.requires_grad
+    with pytest.raises(RuntimeError), attack_mode(model):
+        raise RuntimeError("attack failed")
+    assert model.training and model[0].weight.requires_grad
+
+
+def test_pgd_leaves_mode_and_parameter_grads_alone(atk_smallcnn, atk_data):
+    x, y = atk_data
+    atk_smallcnn.train()
+    try:
+        pgd(atk_smallcnn, x[:4], y[:4], 0.05, steps=2)
+        assert atk_smallcnn.training
+        assert all(p.grad is None for p in atk_smallcnn.parameters())
+    finally:
+        atk_smallcnn.eval()
+
+
+def _fooled(model, x_adv, y):
+    with torch.no_grad():
+        return model(x_adv).argmax(1) != y
+
+
+class FirstPixelThreshold(nn.Module):
+    """Two classes; class 1 wins iff the first pixel exceeds 0.5 (CE on class 0 rises with it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.flatten(1)[:, :1] - 0.5
+        return torch.cat([torch.zeros_like(s), 5 * s], 1)
+
+
+def test_restarts_keep_successes_and_never_lower_the_loss():
+    """With 0 steps PGD is its random start: each restart fools a point at 0.5 with chance 1/2,
+    so 8 restarts fool nearly all, keep the first restart's successes, and keep the best loss."""
+    model = FirstPixelThreshold()
+    x = torch.full((64, 1, 2, 2), 0.5)
+    y = torch.zeros(64, dtype=torch.long)
+    single = pgd(model, x, y, 0.2, steps=0, generator=torch.Generator().manual_seed(3))
+    multi = pgd(model, x, y, 0.2, steps=0, restarts=8, generator=torch.Generator().manual_seed(3))
+    assert (multi - x).abs().max() <= 0.2 + 1e-6
+    f1, f8 = _fooled(model, single, y), _fooled(model, multi, y)
+    assert (f8 | ~f1).all()  # every point fooled by the first restart stays fooled
+    assert 16 < f1.sum() < 48 and f8.sum() >= 60
+    ce = make_loss("ce")
+    with torch.no_grad():
+        l1, l8 = ce(model, single, y), ce(model, multi, y)
+    assert (l8[~f8] >= l1[~f8]).all()
+
+
+def test_targeted_pgd_reaches_the_target(atk_model, atk_data):
+    x, y = atk_data
+    target = (y + 1) % 10
+    x_adv = pgd(
+        atk_model,
+        x,
+        target,
+        0.3,
+        steps=20,
+        targeted=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    with torch.no_grad():
+        hit = (atk_model(x_adv).argmax(1) == target).float().mean()
+        before = (atk_model(x).argmax(1) == target).float().mean()
+    assert hit > 0.5 and hit > before + 0.4
+
+
+def test_l2_default_step_crosses_the_ball(atk_model, atk_data):
+    x, y = atk_data
+    x_adv = pgd(atk_model, x, y, 1.0, steps=10, norm="l2", random_start=False)
+    size = (x_adv - x).flatten(1).norm(dim=1)
+    assert size.max() <= 1.0 + 1e-5 and size.median() > 0.9  # 2.5*eps/steps reaches the rim
+
+
+def test_same_generator_same_result(atk_model, atk_data):
+    x, y = atk_data
+    for name, opts in (
+        ("pgd", {"steps": 2}),
+        ("square", {"n_queries": 20}),
+        ("foolbox:LinfPGD", {"steps": 2}),
+    ):
+        a = get_attack(name).fn(
+            atk_model, x[:8], y[:8], 0.1, generator=torch.Generator().manual_seed(9), **opts
+        )
+        b = get_attack(name).fn(
+            atk_model, x[:8], y[:8], 0.1, generator=torch.Generator().manual_seed(9), **opts
+        )
+        assert torch.equal(a, b), name
+
+
+class NoisyLinear(nn.Module):
+    """logits = W (x * m) with m ~ Bernoulli(p) / p, so E[logits] = W x (a toy SAP)."""
+
+    stochastic = True
+
+    def __init__(self, dim: int = 16, classes: int = 3, p: float = 0.5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(
+            torch.randn(classes, dim, generator=torch.Generator().manual_seed(0))
+        )
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        mask = (torch.rand_like(flat) < self.p).float() / self.p
+        return (flat * mask) @ self.weight.t()
+
+
+def _true_logit(model, x, y):
+    return model(x).gather(1, y[:, None]).squeeze(1)
+
+
+def _grad(loss, model, x, y):
+    x = x.clone().requires_grad_(True)
+    return torch.autograd.grad(loss(model, x, y).sum(), x)[0]
+
+
+def test_eot_gradient_converges_to_expected_gradient():
+    model = NoisyLinear()
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 0])
+    expected = model.weight.detach()[y].view_as(x)  # d/dx of E[z_y] = W_y
+    torch.manual_seed(0)
+    one = _grad(_true_logit, model, x, y)
+    many = _grad(eot_loss(_true_logit, 400), model, x, y)
+
+    def err(g):
+        return ((g - expected).norm() / expected.norm()).item()
+
+    assert err(many) < 0.1 and err(many) < 0.2 * err(one)
+
+
+def test_eot_value_is_mean_of_draws():
+    model = NoisyLinear()
+    x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([1, 2])
+    torch.manual_seed(5)
+    averaged = eot_loss(_true_logit, 5)(model, x, y)
+    torch.manual_seed(5)
+    draws = torch.stack([_true_logit(model, x, y) for _ in range(5)])
+    torch.testing.assert_close(averaged, draws.mean(0))
+    assert eot_loss("ce", 1) is not None
+    with pytest.raises(ValueError):
+        eot_loss("ce", 0)
+
+
+def test_randomness_detection(atk_model, atk_data):
+    x, _ = atk_data
+    noisy = NoisyLinear(dim=28 * 28, classes=10)
+    assert is_model_random(noisy, x[:4])
+    assert not is_model_random(atk_model, x[:4])
+    assert needs_eot(noisy, x[:4])[0]
+    noisy.stochastic = False  # undeclared randomness is still caught
+    use, why = needs_eot(noisy, x[:4])
+    assert use and "differ" in why
+    assert needs_eot(atk_model, x[:4]) == (False, "the model is deterministic")
+
+
+def test_pgd_with_eot_beats_single_sample_on_stochastic_model():
+    """On a randomised model the EOT gradient points the right way, so PGD with EOT lowers the
+    expected true-class logit more than single-sample PGD does."""
+    model = NoisyLinear(dim=16, classes=3, p=0.3)
+    x = torch.rand(32, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(4))
+
+    def neg_logit(m, xs, ys):
+        return -_true_logit(m, xs, ys)
+
+    torch.manual_seed(0)
+    plain = pgd(model, x, y, 0.2, steps=10, loss=neg_logit, random_start=False)
+    eot = pgd(model, x, y, 0.2, steps=10, loss=eot_loss(neg_logit, 50), random_start=False)
+    expected = model.weight.detach()
+
+    def mean_logit(xa):
+        return (xa.flatten(1) @ expected.t()).gather(1, y[:, None]).mean().item()
+
+    assert mean_logit(eot) < mean_logit(plain)
+
+
+def test_unknown_option_is_user_error_naming_the_options(atk_model, atk_data):
+    x, y = atk_data
+    with pytest.raises(EvalkitError, match="no option stesp.*steps"):
+        get_attack("pgd").fn(atk_model, x[:2], y[:2], 0.1, stesp=3)
+    with pytest.raises(EvalkitError, match="n_iter"):
+        get_attack("aa").fn(atk_model, x[:2], y[:2], 0.1, iterations=3)

@@ -86,10 +86,10 @@ def _pgd_run(
         x_adv = x_adv.detach()
         with torch.no_grad():
             if norm == "linf":
-                x_adv.add_(grad.sign_(), alpha=ascend * step)
+                x_adv.add_(grad.sign(), alpha=ascend * step)
                 x_adv = torch.minimum(torch.maximum(x_adv, lo, out=x_adv), hi, out=x_adv)
             else:
-                x_adv.add_(grad.div_(_l2_norm(grad)), alpha=ascend * step)
+                x_adv.add_(grad / _l2_norm(grad), alpha=ascend * step)
                 x_adv = (x + project(x_adv.sub_(x), eps, norm)).clamp_(0, 1)
     return x_adv.detach()
 

@@ -292,15 +292,16 @@ def test_he_gradient_flows_through_weight_normalisation() -> None:
 # ---------------------------------------------------------------- SAP
 
 
+@pytest.mark.parametrize("sampling", ["bernoulli", "multinomial"])
 @pytest.mark.parametrize("frac", [1.0, 0.2])
-def test_sap_unbiased_monte_carlo(frac: float) -> None:
+def test_sap_unbiased_monte_carlo(frac: float, sampling: str) -> None:
     """E[SAP(h)] = h. With K draws the mean's standard error per unit is
     |h| * sqrt((1/q - 1) / K), q = 1 - (1 - p)^r; we allow 5 standard errors (+1e-6)."""
     torch.manual_seed(0)
     h = torch.relu(torch.randn(1, 3, 4, 4)) + 0.0
     h[0, 0, 0, 0] = 0.0
     k = 20000
-    draws = SAP(frac)(h.expand(k, -1, -1, -1).contiguous())
+    draws = SAP(frac, sampling)(h.expand(k, -1, -1, -1).contiguous())
     mean = draws.mean(0, keepdim=True)
     p = h.flatten() / h.sum()
     r = max(1, int(frac * h.numel()))
@@ -310,6 +311,10 @@ def test_sap_unbiased_monte_carlo(frac: float) -> None:
     assert (draws[:, 0, 0, 0] == 0).all()  # zeros stay zero
     # it really is stochastic: many units are pruned in a single draw
     assert (draws[0] == 0).sum() > (h == 0).sum()
+    # both samplers keep each unit with the same probability q (the paper's with-replacement rate)
+    kept = (draws != 0).float().mean(0).flatten()
+    nz = p > 0
+    assert ((kept[nz] - q[nz]).abs() <= 5 * torch.sqrt(q[nz] * (1 - q[nz]) / k) + 1e-3).all()
 
 
 def test_sap_differs_between_calls_and_mask_is_constant_in_backward() -> None:

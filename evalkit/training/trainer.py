@@ -162,6 +162,9 @@ def train(cfg: TrainConfig) -> Path:
     )
     objective = OBJECTIVES[spec.objective]
     beta_heads = head_beta(params)
+    # CAS-style modules mask features with the true label in training, so accuracy on training
+    # logits would be inflated (near 100%): it is not recorded for them; validation is honest.
+    label_conditioned = any(getattr(m, "uses_labels", False) for m in model.modules())
     train_config = cfg.to_dict() | {"defense_spec": str(spec), "objective_beta": ctx.beta,
                                     "attack_step_size": ctx.step_size, "world_size": dist.world_size,
                                     "n_train_used": len(train_split), "n_val": len(val_split)}
@@ -192,13 +195,15 @@ def train(cfg: TrainConfig) -> Path:
             tot_loss += float(loss.detach()) * n
             tot_correct += float((logits.detach().argmax(1) == y).sum())
             tot_n += n
-            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}", acc=f"{tot_correct / tot_n:.3f}")
+            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}",
+                            acc="n/a" if label_conditioned else f"{tot_correct / tot_n:.3f}")
         bar.close()
         tot_loss, tot_correct, tot_n = all_reduce_sum([tot_loss, tot_correct, tot_n], device)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         val_clean, val_pgd = validate(model, val_split, cfg, device, epoch, beta_heads)
-        row = {"epoch": epoch, "lr": lr, "train_loss": tot_loss / tot_n, "train_acc": tot_correct / tot_n,
+        train_acc = float("nan") if label_conditioned else tot_correct / tot_n
+        row = {"epoch": epoch, "lr": lr, "train_loss": tot_loss / tot_n, "train_acc": train_acc,
                "val_clean_acc": val_clean, "val_pgd_acc": val_pgd, "time_s": time.perf_counter() - t0}
         history.append(row)
         if dist.is_main:
@@ -208,7 +213,7 @@ def train(cfg: TrainConfig) -> Path:
                             extra={"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
             atomic_write_text(out / "history.csv", _history_csv(history))
             if cfg.progress:
-                tqdm.write(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.3f}"
+                tqdm.write(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {train_acc:.3f}"
                            f"  val clean {val_clean:.3f}  val PGD-{cfg.val_attack_steps} {val_pgd:.3f}"
                            f"  ({row['time_s']:.1f}s)")
         barrier()

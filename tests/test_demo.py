@@ -1,0 +1,64 @@
+"""``evalkit demo --fast`` runs the whole offline pipeline (train three models, attack them with
+the harness, channel analysis, report) and says where the report is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_report_fixtures import one_thread, tables
+
+from evalkit.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    capture = pytest.MonkeyPatch()
+    import io
+    import sys
+
+    buf = io.StringIO()
+    capture.setattr(sys, "stdout", buf)
+    try:
+        with one_thread():
+            rc = cli_main(["demo", "--fast", "--out", str(out), "--device", "cpu", "--no-pdf"])
+    finally:
+        capture.undo()
+    assert rc == 0
+    return out, buf.getvalue()
+
+
+def test_demo_writes_the_report_and_prints_where(demo: tuple[Path, str]) -> None:
+    out, stdout = demo
+    report = out / "report.html"
+    assert report.is_file()
+    assert f"report: {report.resolve()}" in stdout
+    for name in ("standard", "pgd-at", "at-cas"):
+        assert (out / "models" / name / "checkpoint.pt").is_file()
+        summary = json.loads((out / "runs" / name / "summary.json").read_text())
+        assert summary["protocol"]["preset"] == "fast"
+        assert f"{name:<9} clean {100 * summary['clean_accuracy']:5.1f}%" in stdout
+    assert (out / "analysis" / "channels" / "analysis.json").is_file()
+
+
+def test_demo_report_content(demo: tuple[Path, str]) -> None:
+    out, _ = demo
+    html = (out / "report.html").read_text()
+    assert len(tables(html, "robust-table")) == 3
+    assert 'id="leaderboard"' in html and 'id="analysis"' in html
+    assert 'preset <span class="badge">fast</span>' in html  # the report says which preset
+    defenses = [
+        json.loads((out / "runs" / n / "summary.json").read_text())["model"]["defense"]
+        for n in ("standard", "pgd-at", "at-cas")
+    ]
+    assert defenses == ["standard", "at", "at+cas"]
+    assert "data:image/png;base64," in html.split('id="analysis"', 1)[1]  # channel plots embedded
+
+
+def test_demo_refuses_a_foreign_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert cli_main(["demo", "--fast", "--out", str(tmp_path)]) == 2
+    assert "pick a new or empty folder" in capsys.readouterr().err
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

@@ -35,7 +35,9 @@ def _time(fn, repeats: int, device: torch.device) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10)
@@ -64,7 +66,9 @@ def main() -> None:
     t_fb = _time(fwd_bwd, args.repeats, device)
     t_step = _time(at_step, args.repeats, device)
     floor = (args.steps + 1) * t_fb
-    print(f"device={device} arch={args.arch} batch={args.batch_size} k={args.steps} torch={torch.__version__}")
+    print(
+        f"device={device} arch={args.arch} batch={args.batch_size} k={args.steps} torch={torch.__version__}"
+    )
     print(f"fwd+bwd (train mode)        {t_fb * 1e3:9.1f} ms")
     print(f"PGD-AT step                 {t_step * 1e3:9.1f} ms")
     print(f"floor (k+1)*(fwd+bwd)       {floor * 1e3:9.1f} ms")

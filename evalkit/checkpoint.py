@@ -27,7 +27,16 @@ from evalkit.utils.io import atomic_torch_save
 
 FORMAT = "evalkit-checkpoint"
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("arch", "num_classes", "in_channels", "input_size", "mean", "std", "defense", "state_dict")
+REQUIRED_KEYS = (
+    "arch",
+    "num_classes",
+    "in_channels",
+    "input_size",
+    "mean",
+    "std",
+    "defense",
+    "state_dict",
+)
 
 
 @dataclass
@@ -53,11 +62,21 @@ class CheckpointMeta:
     def describe(self) -> dict[str, Any]:
         """Plain-JSON summary for run directories and reports."""
         return {
-            "arch": self.arch, "arch_kwargs": self.arch_kwargs, "num_classes": self.num_classes,
-            "in_channels": self.in_channels, "input_size": self.input_size, "mean": self.mean,
-            "std": self.std, "defense": self.defense, "defense_params": self.defense_params,
-            "dataset": self.dataset, "epoch": self.epoch, "foreign": self.foreign, "path": self.path,
-            "train_config": self.train_config, "history": self.history,
+            "arch": self.arch,
+            "arch_kwargs": self.arch_kwargs,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "input_size": self.input_size,
+            "mean": self.mean,
+            "std": self.std,
+            "defense": self.defense,
+            "defense_params": self.defense_params,
+            "dataset": self.dataset,
+            "epoch": self.epoch,
+            "foreign": self.foreign,
+            "path": self.path,
+            "train_config": self.train_config,
+            "history": self.history,
         }
 
 
@@ -78,7 +97,9 @@ def save_checkpoint(
     (optimizer, scheduler, RNG), which must itself be tensors and plain values."""
     cfg = getattr(model, "arch_config", None)
     if not cfg:
-        raise CheckpointError("model was not built with evalkit.models.build_model; cannot describe it")
+        raise CheckpointError(
+            "model was not built with evalkit.models.build_model; cannot describe it"
+        )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -115,7 +136,9 @@ def read_checkpoint_file(path: str | Path) -> Any:
         if cand.exists():
             path = cand
         else:
-            raise CheckpointError(f"{path} is a directory without checkpoint.pt (pass the .pt file)")
+            raise CheckpointError(
+                f"{path} is a directory without checkpoint.pt (pass the .pt file)"
+            )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -127,7 +150,9 @@ def read_checkpoint_file(path: str | Path) -> Any:
         ) from None
     except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError, OSError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read {path}: corrupt or truncated file ({msg[:160]})") from None
+        raise CheckpointError(
+            f"cannot read {path}: corrupt or truncated file ({msg[:160]})"
+        ) from None
 
 
 def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
@@ -144,7 +169,7 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     for k, v in obj.items():
         for prefix in ("module.", "model.", "_orig_mod."):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         out[k] = v
     return out
 
@@ -160,17 +185,29 @@ def read_meta(obj: Any, path: str | Path | None = None) -> CheckpointMeta:
         raise CheckpointError(f"{path} is not an evalkit checkpoint")
     version = obj.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {version!r}; this evalkit reads up to {FORMAT_VERSION} (upgrade evalkit)")
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}; this evalkit reads up to {FORMAT_VERSION} (upgrade evalkit)"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
-        raise CheckpointError(f"{path} is missing {', '.join(missing)} (re-save it with evalkit train)")
+        raise CheckpointError(
+            f"{path} is missing {', '.join(missing)} (re-save it with evalkit train)"
+        )
     return CheckpointMeta(
-        arch=str(obj["arch"]), num_classes=int(obj["num_classes"]), in_channels=int(obj["in_channels"]),
-        input_size=int(obj["input_size"]), mean=list(obj["mean"]), std=list(obj["std"]),
-        defense=str(obj["defense"]), defense_params=dict(obj.get("defense_params") or {}),
-        arch_kwargs=dict(obj.get("arch_kwargs") or {}), dataset=obj.get("dataset"),
-        train_config=dict(obj.get("train_config") or {}), history=list(obj.get("history") or []),
-        epoch=obj.get("epoch"), path=str(path) if path else None,
+        arch=str(obj["arch"]),
+        num_classes=int(obj["num_classes"]),
+        in_channels=int(obj["in_channels"]),
+        input_size=int(obj["input_size"]),
+        mean=list(obj["mean"]),
+        std=list(obj["std"]),
+        defense=str(obj["defense"]),
+        defense_params=dict(obj.get("defense_params") or {}),
+        arch_kwargs=dict(obj.get("arch_kwargs") or {}),
+        dataset=obj.get("dataset"),
+        train_config=dict(obj.get("train_config") or {}),
+        history=list(obj.get("history") or []),
+        epoch=obj.get("epoch"),
+        path=str(path) if path else None,
     )
 
 
@@ -198,7 +235,9 @@ def load_model(
     else:
         state = _unwrap_state_dict(obj)
         if state is None:
-            raise CheckpointError(f"{path} holds neither an evalkit checkpoint nor a state_dict of tensors")
+            raise CheckpointError(
+                f"{path} holds neither an evalkit checkpoint nor a state_dict of tensors"
+            )
         if not arch or not dataset:
             raise CheckpointError(
                 f"{path} is a plain state_dict without metadata: pass --arch and --dataset "
@@ -206,30 +245,57 @@ def load_model(
             )
         state = adapt_foreign_state_dict(state)
         info = dataset_info(dataset)
-        mean, std = normalize if normalize is not None else ([0.0] * info.in_channels, [1.0] * info.in_channels)
-        meta = CheckpointMeta(arch=arch, num_classes=_infer_classes(state, info.num_classes),
-                              in_channels=info.in_channels, input_size=info.input_size,
-                              mean=list(mean), std=list(std), dataset=dataset, foreign=True,
-                              arch_kwargs=dict(arch_kwargs or {}), path=str(path))
+        mean, std = (
+            normalize
+            if normalize is not None
+            else ([0.0] * info.in_channels, [1.0] * info.in_channels)
+        )
+        meta = CheckpointMeta(
+            arch=arch,
+            num_classes=_infer_classes(state, info.num_classes),
+            in_channels=info.in_channels,
+            input_size=info.input_size,
+            mean=list(mean),
+            std=list(std),
+            dataset=dataset,
+            foreign=True,
+            arch_kwargs=dict(arch_kwargs or {}),
+            path=str(path),
+        )
     spec = parse_spec(meta.defense, meta.defense_params)
     if defense:
         for name in parse_spec(defense).plugins:
             spec = spec.with_plugin(name)
-    model = build_model(meta.arch, num_classes=meta.num_classes, in_channels=meta.in_channels,
-                        mean=meta.mean, std=meta.std, **meta.arch_kwargs)
+    model = build_model(
+        meta.arch,
+        num_classes=meta.num_classes,
+        in_channels=meta.in_channels,
+        mean=meta.mean,
+        std=meta.std,
+        **meta.arch_kwargs,
+    )
     model = apply_defenses(model, spec)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch
-        line = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
-        raise CheckpointError(f"{path} does not match arch {meta.arch!r}: {line[:200]} (check --arch/--dataset)") from None
+        line = next(
+            (ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln),
+            str(exc).splitlines()[0],
+        )
+        raise CheckpointError(
+            f"{path} does not match arch {meta.arch!r}: {line[:200]} (check --arch/--dataset)"
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         parts = []
         if result.missing_keys:
             parts.append(f"missing {len(result.missing_keys)} keys (e.g. {result.missing_keys[0]})")
         if result.unexpected_keys:
-            parts.append(f"unexpected {len(result.unexpected_keys)} keys (e.g. {result.unexpected_keys[0]})")
-        raise CheckpointError(f"{path} does not match arch {meta.arch!r} with defense {spec}: " + "; ".join(parts))
+            parts.append(
+                f"unexpected {len(result.unexpected_keys)} keys (e.g. {result.unexpected_keys[0]})"
+            )
+        raise CheckpointError(
+            f"{path} does not match arch {meta.arch!r} with defense {spec}: " + "; ".join(parts)
+        )
     meta.defense = str(spec)
     return model.to(device).eval(), meta
 

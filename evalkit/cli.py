@@ -60,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = parser.add_subparsers(dest="command")
         module = _command_module(command)
         if module is None:
-            print(f"evalkit: error: command {command!r} is not available in this build", file=sys.stderr)
+            print(
+                f"evalkit: error: command {command!r} is not available in this build",
+                file=sys.stderr,
+            )
             return 2
         module.add_parser(sub)
     else:
@@ -76,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"evalkit {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"evalkit {command}: interrupted; completed work is saved (rerun with --resume)", file=sys.stderr)
+        print(
+            f"evalkit {command}: interrupted; completed work is saved (rerun with --resume)",
+            file=sys.stderr,
+        )
         return 130
 
 

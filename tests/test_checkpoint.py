@@ -11,18 +11,41 @@ from evalkit.models import build_model
 
 
 def _small(tmp_path):
-    model = build_model("smallcnn", num_classes=10, in_channels=1, mean=[0.286], std=[0.353], width=8)
+    model = build_model(
+        "smallcnn", num_classes=10, in_channels=1, mean=[0.286], std=[0.353], width=8
+    )
     path = tmp_path / "m.pt"
-    save_checkpoint(path, model, dataset="fashion-mnist-mini", input_size=28, defense="at",
-                    train_config={"epochs": 1}, history=[{"epoch": 1, "val_pgd_acc": 0.5}], epoch=1)
+    save_checkpoint(
+        path,
+        model,
+        dataset="fashion-mnist-mini",
+        input_size=28,
+        defense="at",
+        train_config={"epochs": 1},
+        history=[{"epoch": 1, "val_pgd_acc": 0.5}],
+        epoch=1,
+    )
     return model, path
 
 
 def test_roundtrip_and_metadata_with_weights_only(tmp_path):
     model, path = _small(tmp_path)
     raw = torch.load(path, weights_only=True)
-    for key in ("format_version", "arch", "num_classes", "in_channels", "input_size", "mean", "std",
-                "defense", "defense_params", "dataset", "train_config", "history", "state_dict"):
+    for key in (
+        "format_version",
+        "arch",
+        "num_classes",
+        "in_channels",
+        "input_size",
+        "mean",
+        "std",
+        "defense",
+        "defense_params",
+        "dataset",
+        "train_config",
+        "history",
+        "state_dict",
+    ):
         assert key in raw, key
     loaded, meta = load_model(path)
     assert meta.arch == "smallcnn" and meta.defense == "at" and meta.history[0]["epoch"] == 1

@@ -20,16 +20,29 @@ def test_builds_and_runs(arch, channels, size, classes):
 
 def test_resnet18_layout_names():
     keys = set(build_model("resnet18", num_classes=10, in_channels=3).state_dict())
-    for k in ("conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer4.1.bn2.weight",
-              "linear.weight", "linear.bias"):
+    for k in (
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer1.0.conv1.weight",
+        "layer4.1.bn2.weight",
+        "linear.weight",
+        "linear.bias",
+    ):
         assert k in keys
     assert not any(k.startswith("normalize") for k in keys)
 
 
-@pytest.mark.parametrize("arch,kwargs,size", [
-    ("resnet18", {}, 4), ("resnet18", {"strides": "1122"}, 8), ("resnet18", {"upsample": 2}, 8),
-    ("vgg16", {"strides": "11222"}, 4), ("alexnet", {"strides": "1122"}, 7), ("smallcnn", {}, 7),
-])
+@pytest.mark.parametrize(
+    "arch,kwargs,size",
+    [
+        ("resnet18", {}, 4),
+        ("resnet18", {"strides": "1122"}, 8),
+        ("resnet18", {"upsample": 2}, 8),
+        ("vgg16", {"strides": "11222"}, 4),
+        ("alexnet", {"strides": "1122"}, 7),
+        ("smallcnn", {}, 7),
+    ],
+)
 def test_feature_map_size_before_pooling(arch, kwargs, size):
     ch, hw = (1, 28) if arch == "smallcnn" else (3, 32)
     model = build_model(arch, num_classes=10, in_channels=ch, **kwargs).eval()

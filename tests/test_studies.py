@@ -19,12 +19,15 @@ def test_catalog_covers_the_five_findings():
 @pytest.mark.parametrize("scale", ["cpu", "gpu"])
 def test_every_step_is_a_valid_command(tmp_path, scale):
     """Each study's commands parse with the real CLI parsers (no typos in flags)."""
-    from evalkit.cli import _command_module
     import argparse
+
+    from evalkit.cli import _command_module
 
     s = scale_for(scale)
     for study in STUDIES.values():
-        ctx = StudyContext(out=tmp_path / study.name, models_dir=tmp_path / "models", scale=s, device="cpu", seed=0)
+        ctx = StudyContext(
+            out=tmp_path / study.name, models_dir=tmp_path / "models", scale=s, device="cpu", seed=0
+        )
         for argv in study.evaluations(ctx) + study.analyses(ctx):
             if argv[0] == "python":
                 import importlib
@@ -44,7 +47,20 @@ def test_trend_is_rank_correlation():
 
 @pytest.mark.slow
 def test_smallest_study_end_to_end(tmp_path):
-    code = main(["study", "sap-eot", "--scale", "cpu", "--epochs", "2", "--out", str(tmp_path), "--device", "cpu"])
+    code = main(
+        [
+            "study",
+            "sap-eot",
+            "--scale",
+            "cpu",
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     out = tmp_path / "sap-eot"
     findings = json.loads((out / "findings.json").read_text())["findings"]

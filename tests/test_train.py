@@ -11,8 +11,17 @@ from evalkit.checkpoint import load_model
 from evalkit.cli import main
 from evalkit.training import TrainConfig, train
 
-QUICK = dict(dataset="fashion-mnist-mini", arch="smallcnn", arch_kwargs={"width": 8}, n_train=256,
-             val_size=64, batch_size=64, attack_steps=2, val_attack_steps=2, progress=False)
+QUICK = dict(
+    dataset="fashion-mnist-mini",
+    arch="smallcnn",
+    arch_kwargs={"width": 8},
+    n_train=256,
+    val_size=64,
+    batch_size=64,
+    attack_steps=2,
+    val_attack_steps=2,
+    progress=False,
+)
 
 
 def _cfg(tmp_path, name, **kw):
@@ -48,12 +57,15 @@ def test_out_dir_with_checkpoint_needs_resume(tmp_path, capsys):
     assert code == 2 and "--resume" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["--arch", "nope"], "unknown arch"),
-    (["--defense", "at+magic"], "unknown defense part"),
-    (["--eps", "2"], "out of range"),
-    (["--dataset", "cifar10", "--data-root", "/nonexistent"], "--download"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--arch", "nope"], "unknown arch"),
+        (["--defense", "at+magic"], "unknown defense part"),
+        (["--eps", "2"], "out of range"),
+        (["--dataset", "cifar10", "--data-root", "/nonexistent"], "--download"),
+    ],
+)
 def test_cli_errors_are_one_line(tmp_path, capsys, argv, needle):
     code = main(["train", "--out", str(tmp_path / "e"), "--epochs", "1", "--quiet", *argv])
     err = capsys.readouterr().err.strip()
@@ -62,9 +74,30 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, needle):
 
 def test_cli_train_writes_checkpoint_and_history(tmp_path):
     out = tmp_path / "cli"
-    code = main(["train", "--dataset", "fashion-mnist-mini", "--arch", "smallcnn", "--width", "8",
-                 "--defense", "at", "--epochs", "2", "--n-train", "1000", "--val-size", "200",
-                 "--attack-steps", "3", "--out", str(out), "--quiet"])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist-mini",
+            "--arch",
+            "smallcnn",
+            "--width",
+            "8",
+            "--defense",
+            "at",
+            "--epochs",
+            "2",
+            "--n-train",
+            "1000",
+            "--val-size",
+            "200",
+            "--attack-steps",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     rows = list(csv.DictReader(open(out / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -75,10 +108,39 @@ def test_cli_train_writes_checkpoint_and_history(tmp_path):
 
 def test_torchrun_two_processes(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "evalkit", "train", "--arch", "smallcnn", "--width", "8", "--defense", "at", "--epochs", "1",
-           "--n-train", "256", "--val-size", "64", "--batch-size", "64", "--attack-steps", "2",
-           "--device", "cpu", "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "evalkit",
+        "train",
+        "--arch",
+        "smallcnn",
+        "--width",
+        "8",
+        "--defense",
+        "at",
+        "--epochs",
+        "1",
+        "--n-train",
+        "256",
+        "--val-size",
+        "64",
+        "--batch-size",
+        "64",
+        "--attack-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     model, meta = load_model(out / "checkpoint.pt")

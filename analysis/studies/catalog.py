@@ -117,10 +117,26 @@ def _channel_analyses(ctx: StudyContext) -> list[list[str]]:
 def _sap_analyses(ctx: StudyContext) -> list[list[str]]:
     return [
         [
-            "analyze", "--ckpt", str(ctx.ckpt("std")), "--ckpt", str(ctx.ckpt("at")), "--study", "sap-eot",
-            "--eps", "0.05,0.1" if ctx.scale.eps == "0.1" else "4/255,8/255",
-            "--n", str(SAP_N[ctx.scale.name]), "--steps", "10", "--device", ctx.device,
-            "--seed", str(ctx.seed), "--quiet", "--out", str(ctx.analysis_dir("sap-eot")),
+            "analyze",
+            "--ckpt",
+            str(ctx.ckpt("std")),
+            "--ckpt",
+            str(ctx.ckpt("at")),
+            "--study",
+            "sap-eot",
+            "--eps",
+            "0.05,0.1" if ctx.scale.eps == "0.1" else "4/255,8/255",
+            "--n",
+            str(SAP_N[ctx.scale.name]),
+            "--steps",
+            "10",
+            "--device",
+            ctx.device,
+            "--seed",
+            str(ctx.seed),
+            "--quiet",
+            "--out",
+            str(ctx.analysis_dir("sap-eot")),
         ]
     ]
 
@@ -131,14 +147,43 @@ SAP_N = {"cpu": 100, "gpu": 500}
 
 
 def _sap_evaluations(ctx: StudyContext) -> list[list[str]]:
-    base = ["--eps", ctx.scale.eps, "--n", str(SAP_N[ctx.scale.name]), "--seed", str(ctx.seed),
-            "--device", ctx.device, "--no-progress", "--preset", "pgd"]
+    base = [
+        "--eps",
+        ctx.scale.eps,
+        "--n",
+        str(SAP_N[ctx.scale.name]),
+        "--seed",
+        str(ctx.seed),
+        "--device",
+        ctx.device,
+        "--no-progress",
+        "--preset",
+        "pgd",
+    ]
     return [
         ["attack", "--ckpt", str(ctx.ckpt("std")), *base, "--out", str(ctx.run_dir("std_dense"))],
-        ["attack", "--ckpt", str(ctx.ckpt("std")), "--defense", "sap", *base, "--eot", "1",
-         "--out", str(ctx.run_dir("std_sap_no_eot"))],
-        ["attack", "--ckpt", str(ctx.ckpt("std")), "--defense", "sap", *base,
-         "--out", str(ctx.run_dir("std_sap_auto"))],
+        [
+            "attack",
+            "--ckpt",
+            str(ctx.ckpt("std")),
+            "--defense",
+            "sap",
+            *base,
+            "--eot",
+            "1",
+            "--out",
+            str(ctx.run_dir("std_sap_no_eot")),
+        ],
+        [
+            "attack",
+            "--ckpt",
+            str(ctx.ckpt("std")),
+            "--defense",
+            "sap",
+            *base,
+            "--out",
+            str(ctx.run_dir("std_sap_auto")),
+        ],
     ]
 
 

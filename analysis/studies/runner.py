@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+import json
 import shlex
 import sys
 import time
@@ -215,7 +216,8 @@ def run_study(
     for f in findings:
         print(f"  {f.verdict:>15}: {f.claim}", file=sys.stderr)
     if publish:
-        _publish(out, Path(publish) / name / scale.name)
+        _publish(out, Path(publish) / name / scale.name, Path(out).parent)
+        write_index(Path(publish))
     return findings
 
 
@@ -233,13 +235,44 @@ def _report(study: Study, ctx: StudyContext, findings: list[Finding]) -> None:
     )
 
 
-def _publish(src: Path, dst: Path) -> None:
-    """Copy the reviewable results (report, findings) — not checkpoints or raw arrays."""
+def _publish(src: Path, dst: Path, out_root: Path | None = None) -> None:
+    """Copy the reviewable results (report, findings) — not checkpoints or raw arrays. Paths
+    under ``out_root`` are shown relative to the default ``runs/studies``, where the
+    regenerate command (``evalkit study NAME``) writes them."""
     dst.mkdir(parents=True, exist_ok=True)
     for name in ("report.html", "FINDINGS.md", "findings.json"):
         if (src / name).exists():
-            (dst / name).write_bytes((src / name).read_bytes())
+            text = (src / name).read_text()
+            if out_root is not None and name != "report.html":
+                text = text.replace(str(out_root.resolve()), "runs/studies").replace(
+                    str(out_root), "runs/studies"
+                )
+            atomic_write_text(dst / name, text)
     print(f"published {src} -> {dst}", file=sys.stderr)
+
+
+def write_index(root: Path) -> None:
+    """``root/README.md``: every published study's verdicts in one table, from its findings.json."""
+    lines = [
+        "# Reproduction studies",
+        "",
+        "Each seed-paper finding run end to end by `evalkit study NAME --scale SCALE`; the verdicts are",
+        "computed from the measured numbers by `analysis/studies/judges.py` (thresholds fixed before the runs).",
+        "Open a study's `report.html` for the tables and plots, `FINDINGS.md` for the commands.",
+        "",
+        "| study | scale | claim | verdict | regenerate |",
+        "|---|---|---|---|---|",
+    ]
+    for path in sorted(root.glob("*/*/findings.json")):
+        rec = json.loads(path.read_text())
+        rel = path.parent.relative_to(root)
+        for i, f in enumerate(rec["findings"]):
+            first = f"[{rec['study']}]({rel}/FINDINGS.md)" if i == 0 else ""
+            cmd = f"`{rec['command']}`" if i == 0 else ""
+            lines.append(
+                f"| {first} | {rec['scale'] if i == 0 else ''} | {f['claim']} | **{f['verdict']}** | {cmd} |"
+            )
+    atomic_write_text(root / "README.md", "\n".join(lines) + "\n")
 
 
 def list_studies() -> str:

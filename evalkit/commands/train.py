@@ -20,13 +20,21 @@ EPILOG = """examples:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a classifier with a defense SPEC",
+        "train",
+        help="train a classifier with a defense SPEC",
         description="Train with a defense SPEC = [objective][+plugin...]; objectives: "
         f"{', '.join(OBJECTIVES)}; plugins: {', '.join(PLUGINS)} (e.g. at, trades+cas, at+he, at+rcm).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dataset", default="fashion-mnist-mini", help="dataset name (default: the bundled fashion-mnist-mini)")
-    p.add_argument("--arch", default="smallcnn", help=f"architecture: {', '.join(ARCHS)} (default: smallcnn)")
+    p.add_argument(
+        "--dataset",
+        default="fashion-mnist-mini",
+        help="dataset name (default: the bundled fashion-mnist-mini)",
+    )
+    p.add_argument(
+        "--arch", default="smallcnn", help=f"architecture: {', '.join(ARCHS)} (default: smallcnn)"
+    )
     p.add_argument("--defense", default="standard", help="defense SPEC (default: standard)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", required=True, help="output directory (checkpoint.pt, history.csv)")
@@ -37,26 +45,56 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--momentum", type=float, default=0.9)
     opt.add_argument("--weight-decay", type=float, default=5e-4)
     opt.add_argument("--schedule", default="multistep", choices=["multistep", "cosine", "constant"])
-    opt.add_argument("--milestones", default=None, help="epochs where the lr drops x gamma, e.g. 75,90 (default: 50%%,75%%)")
+    opt.add_argument(
+        "--milestones",
+        default=None,
+        help="epochs where the lr drops x gamma, e.g. 75,90 (default: 50%%,75%%)",
+    )
     opt.add_argument("--gamma", type=float, default=0.1)
     adv = p.add_argument_group("training attack")
     adv.add_argument("--eps", default="8/255", help="Linf budget (default 8/255)")
     adv.add_argument("--attack-steps", type=int, default=10)
     adv.add_argument("--attack-step-size", default=None, help="default eps/4 (2/255 at 8/255)")
-    adv.add_argument("--attack-bn", default="eval", choices=["eval", "train"],
-                     help="BN mode while crafting (eval: TRADES/MART/CAS practice; train: Madry)")
+    adv.add_argument(
+        "--attack-bn",
+        default="eval",
+        choices=["eval", "train"],
+        help="BN mode while crafting (eval: TRADES/MART/CAS practice; train: Madry)",
+    )
     adv.add_argument("--beta", type=float, default=None, help="TRADES/MART weight (default 6 / 5)")
-    adv.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="defense parameter, e.g. cas_beta=2, he_s=15, he_m=0.2, rcm_upsample=2 (repeatable)")
+    adv.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="defense parameter, e.g. cas_beta=2, he_s=15, he_m=0.2, rcm_upsample=2 (repeatable)",
+    )
     mdl = p.add_argument_group("model and data")
     mdl.add_argument("--strides", default=None, help="stage strides, e.g. 1122 for resnet18 (RCM)")
-    mdl.add_argument("--upsample", type=int, default=None, help="in-model input upsampling factor (RCM)")
-    mdl.add_argument("--pool", default=None, choices=["avg", "max"], help="final pooling (default avg)")
-    mdl.add_argument("--width", type=int, default=None, help="base width (smallcnn 16, resnet18 64)")
-    mdl.add_argument("--no-normalize", action="store_true", help="feed raw [0,1] pixels (no dataset mean/std)")
-    mdl.add_argument("--augment", default=None, choices=["on", "off"], help="crop+flip (default: dataset convention)")
-    mdl.add_argument("--n-train", type=int, default=None, help="use only the first N training examples")
-    mdl.add_argument("--val-size", type=int, default=500, help="held-out validation examples (default 500)")
+    mdl.add_argument(
+        "--upsample", type=int, default=None, help="in-model input upsampling factor (RCM)"
+    )
+    mdl.add_argument(
+        "--pool", default=None, choices=["avg", "max"], help="final pooling (default avg)"
+    )
+    mdl.add_argument(
+        "--width", type=int, default=None, help="base width (smallcnn 16, resnet18 64)"
+    )
+    mdl.add_argument(
+        "--no-normalize", action="store_true", help="feed raw [0,1] pixels (no dataset mean/std)"
+    )
+    mdl.add_argument(
+        "--augment",
+        default=None,
+        choices=["on", "off"],
+        help="crop+flip (default: dataset convention)",
+    )
+    mdl.add_argument(
+        "--n-train", type=int, default=None, help="use only the first N training examples"
+    )
+    mdl.add_argument(
+        "--val-size", type=int, default=500, help="held-out validation examples (default 500)"
+    )
     mdl.add_argument("--data-root", default=None)
     mdl.add_argument("--download", action="store_true", help="let torchvision download the dataset")
     run = p.add_argument_group("run")
@@ -83,20 +121,49 @@ def _params(items: list[str]) -> dict[str, object]:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.epochs < 1:
         raise EvalkitError("--epochs must be at least 1")
-    arch_kwargs = {k: v for k, v in {"strides": args.strides, "upsample": args.upsample, "pool": args.pool,
-                                     "width": args.width}.items() if v is not None}
+    arch_kwargs = {
+        k: v
+        for k, v in {
+            "strides": args.strides,
+            "upsample": args.upsample,
+            "pool": args.pool,
+            "width": args.width,
+        }.items()
+        if v is not None
+    }
     milestones = [int(m) for m in args.milestones.split(",")] if args.milestones else None
     return TrainConfig(
-        dataset=args.dataset, arch=args.arch, defense=args.defense, epochs=args.epochs, out=args.out,
-        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-        schedule=args.schedule, milestones=milestones, gamma=args.gamma, eps=parse_eps(args.eps),
+        dataset=args.dataset,
+        arch=args.arch,
+        defense=args.defense,
+        epochs=args.epochs,
+        out=args.out,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        milestones=milestones,
+        gamma=args.gamma,
+        eps=parse_eps(args.eps),
         attack_steps=args.attack_steps,
         attack_step_size=parse_eps(args.attack_step_size) if args.attack_step_size else None,
-        attack_bn=args.attack_bn, beta=args.beta, defense_params=_params(args.param),
-        augment=None if args.augment is None else args.augment == "on", normalize=not args.no_normalize,
-        arch_kwargs=arch_kwargs, n_train=args.n_train, val_size=args.val_size, seed=args.seed,
-        device=args.device, amp=args.amp, channels_last=args.channels_last, data_root=args.data_root,
-        download=args.download, resume=args.resume, progress=not args.quiet,
+        attack_bn=args.attack_bn,
+        beta=args.beta,
+        defense_params=_params(args.param),
+        augment=None if args.augment is None else args.augment == "on",
+        normalize=not args.no_normalize,
+        arch_kwargs=arch_kwargs,
+        n_train=args.n_train,
+        val_size=args.val_size,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        data_root=args.data_root,
+        download=args.download,
+        resume=args.resume,
+        progress=not args.quiet,
     )
 
 

@@ -26,7 +26,9 @@ class ArraySplit:
 
     def __post_init__(self) -> None:
         if self.x.ndim != 4:
-            raise DataError(f"images must be 4-D (N,C,H,W or N,H,W,C), got shape {tuple(self.x.shape)}")
+            raise DataError(
+                f"images must be 4-D (N,C,H,W or N,H,W,C), got shape {tuple(self.x.shape)}"
+            )
         if self.y.ndim != 1 or self.y.shape[0] != self.x.shape[0]:
             raise DataError(
                 f"labels must be 1-D with one per image: {tuple(self.y.shape)} vs {self.x.shape[0]} images"
@@ -102,7 +104,9 @@ def load_array_file(path: str | Path) -> ArraySplit:
         x = x.float()
         lo, hi = float(x.min()), float(x.max())
         if lo < 0 or hi > 1:
-            raise DataError(f"float images in {path} must lie in [0, 1] (found {lo:.3g}..{hi:.3g}); store uint8 0-255 or divide by 255")
+            raise DataError(
+                f"float images in {path} must lie in [0, 1] (found {lo:.3g}..{hi:.3g}); store uint8 0-255 or divide by 255"
+            )
     return ArraySplit(x, y.long().flatten())
 
 
@@ -115,8 +119,12 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator
         dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
         rows = (dy[:, None] + torch.arange(h)[None]).long()
         cols = (dx[:, None] + torch.arange(w)[None]).long()
-        x = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
-                   rows[:, None, :, None], cols[:, None, None, :]]
+        x = padded[
+            torch.arange(n)[:, None, None, None],
+            torch.arange(x.shape[1])[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
     if flip:
         mask = torch.rand(n, generator=gen) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)

@@ -24,7 +24,9 @@ def read_idx(path: Path) -> np.ndarray:
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated ({arr.size} values, header says {int(np.prod(dims))})")
+        raise DataError(
+            f"{path} is truncated ({arr.size} values, header says {int(np.prod(dims))})"
+        )
     return arr.reshape(dims)
 
 

@@ -40,10 +40,30 @@ class DatasetInfo:
     class_names: tuple[str, ...] = ()
 
 
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                   "Sneaker", "Bag", "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                   "ship", "truck")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 
 
 def _bundled(split: str, root: Path | None, download: bool) -> ArraySplit:
@@ -55,7 +75,11 @@ def _bundled(split: str, root: Path | None, download: bool) -> ArraySplit:
 
 def _fashion_mnist(split: str, root: Path | None, download: bool) -> ArraySplit:
     prefix = "train" if split == "train" else "t10k"
-    candidates = [root] if root is not None else [DEFAULT_ROOT / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+    candidates = (
+        [root]
+        if root is not None
+        else [DEFAULT_ROOT / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+    )
     for cand in candidates:
         try:
             x, y = read_idx_pair(Path(cand), prefix)
@@ -74,8 +98,14 @@ def _torchvision(cls_name: str, split: str, root: Path | None, download: bool) -
     try:
         ds = cls(str(root), download=download, **kwargs)
     except RuntimeError as exc:
-        hint = "add --download to fetch it (needs internet)" if not download else "check your connection"
-        raise DataError(f"{cls_name} not found under {root}: {exc} ({hint}, or pass --data-root DIR)") from None
+        hint = (
+            "add --download to fetch it (needs internet)"
+            if not download
+            else "check your connection"
+        )
+        raise DataError(
+            f"{cls_name} not found under {root}: {exc} ({hint}, or pass --data-root DIR)"
+        ) from None
     data = ds.data
     x = torch.as_tensor(np.asarray(data))
     if x.ndim == 3:
@@ -95,14 +125,37 @@ def _tv(name: str) -> Callable[[str, Path | None, bool], ArraySplit]:
 DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in [
-        DatasetInfo("fashion-mnist-mini", 10, 1, 28, (0.2860,), (0.3530,), False, _bundled, FASHION_CLASSES),
-        DatasetInfo("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), False, _fashion_mnist, FASHION_CLASSES),
+        DatasetInfo(
+            "fashion-mnist-mini", 10, 1, 28, (0.2860,), (0.3530,), False, _bundled, FASHION_CLASSES
+        ),
+        DatasetInfo(
+            "fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,), False, _fashion_mnist, FASHION_CLASSES
+        ),
         DatasetInfo("mnist", 10, 1, 28, (0.1307,), (0.3081,), False, _tv("MNIST")),
-        DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True,
-                    _tv("CIFAR10"), CIFAR10_CLASSES),
-        DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
-                    _tv("CIFAR100")),
-        DatasetInfo("svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), True, _tv("SVHN")),
+        DatasetInfo(
+            "cifar10",
+            10,
+            3,
+            32,
+            (0.4914, 0.4822, 0.4465),
+            (0.2470, 0.2435, 0.2616),
+            True,
+            _tv("CIFAR10"),
+            CIFAR10_CLASSES,
+        ),
+        DatasetInfo(
+            "cifar100",
+            100,
+            3,
+            32,
+            (0.5071, 0.4865, 0.4409),
+            (0.2673, 0.2564, 0.2762),
+            True,
+            _tv("CIFAR100"),
+        ),
+        DatasetInfo(
+            "svhn", 10, 3, 32, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), True, _tv("SVHN")
+        ),
     ]
 }
 
@@ -115,7 +168,9 @@ def dataset_info(name: str) -> DatasetInfo:
         raise DataError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})") from None
 
 
-def load_split(name: str, split: str = "test", root: str | Path | None = None, download: bool = False) -> ArraySplit:
+def load_split(
+    name: str, split: str = "test", root: str | Path | None = None, download: bool = False
+) -> ArraySplit:
     """Load ``train`` or ``test`` of a registered dataset as arrays."""
     if split not in ("train", "test"):
         raise DataError(f"split must be train or test, not {split!r}")

@@ -34,8 +34,11 @@ def label_context(model: nn.Module, y: torch.Tensor | None) -> Iterator[nn.Modul
 
 def aux_logits(model: nn.Module) -> list[torch.Tensor]:
     """Auxiliary-head logits recorded by the latest forward, in module order."""
-    return [m.aux_logits for m in model.modules()
-            if getattr(m, "has_aux_head", False) and getattr(m, "aux_logits", None) is not None]
+    return [
+        m.aux_logits
+        for m in model.modules()
+        if getattr(m, "has_aux_head", False) and getattr(m, "aux_logits", None) is not None
+    ]
 
 
 def _flag(model: nn.Module, name: str) -> bool:

@@ -28,7 +28,9 @@ class Plugin:
     apply: Callable[[nn.Module, dict[str, Any]], nn.Module]
     extra_loss: ExtraLoss | None = None
     # margin_logits(logits, y, params) -> logits used in the *training* CE (HE's additive margin)
-    margin_logits: Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor] | None = None
+    margin_logits: Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], torch.Tensor] | None = (
+        None
+    )
     test_time_only: bool = False  # e.g. SAP: applied to any checkpoint, never trained with
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
@@ -49,7 +51,9 @@ def get_plugin(name: str) -> Plugin:
         except ModuleNotFoundError:
             pass
     if name not in _REGISTRY:
-        raise EvalkitError(f"defense plugin {name!r} is not available (known: {', '.join(PLUGINS)})")
+        raise EvalkitError(
+            f"defense plugin {name!r} is not available (known: {', '.join(PLUGINS)})"
+        )
     return _REGISTRY[name]
 
 
@@ -73,7 +77,11 @@ def apply_defenses(model: nn.Module, spec: DefenseSpec) -> nn.Module:
 
 def margin_transforms(spec: DefenseSpec) -> list[Callable[..., torch.Tensor]]:
     """Logit transforms applied before the training CE (e.g. HE's margin)."""
-    return [p.margin_logits for p in (get_plugin(n) for n in spec.plugins) if p.margin_logits is not None]
+    return [
+        p.margin_logits
+        for p in (get_plugin(n) for n in spec.plugins)
+        if p.margin_logits is not None
+    ]
 
 
 def extra_losses(spec: DefenseSpec) -> list[ExtraLoss]:

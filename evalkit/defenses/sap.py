@@ -30,7 +30,6 @@ from evalkit.defenses.params import get_float
 from evalkit.defenses.registry import Plugin, register
 from evalkit.errors import EvalkitError
 
-
 SAMPLING = ("bernoulli", "multinomial")
 
 
@@ -85,7 +84,9 @@ def apply_sap(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     frac = get_float(params, "sap_frac", minimum=0.0, strict_min=True)
     sampling = str(params.get("sap_sampling", "bernoulli"))
     if sampling not in SAMPLING:
-        raise EvalkitError(f"defense parameter sap_sampling={sampling!r} must be one of {', '.join(SAMPLING)}")
+        raise EvalkitError(
+            f"defense parameter sap_sampling={sampling!r} must be one of {', '.join(SAMPLING)}"
+        )
     targets = [
         (parent, name, child)
         for parent in model.modules()

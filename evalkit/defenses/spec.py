@@ -13,8 +13,15 @@ from typing import Any
 from evalkit.errors import EvalkitError
 
 OBJECTIVES = ("standard", "at", "trades", "mart")
-OBJECTIVE_ALIASES = {"pgd_at": "at", "pgd-at": "at", "madry": "at", "pgdat": "at", "none": "standard",
-                     "natural": "standard", "clean": "standard"}
+OBJECTIVE_ALIASES = {
+    "pgd_at": "at",
+    "pgd-at": "at",
+    "madry": "at",
+    "pgdat": "at",
+    "none": "standard",
+    "natural": "standard",
+    "clean": "standard",
+}
 PLUGINS = ("cas", "cifs", "he", "sap", "rcm")
 
 
@@ -58,7 +65,9 @@ def parse_spec(text: str | DefenseSpec | None, params: dict[str, Any] | None = N
         tok = OBJECTIVE_ALIASES.get(tok, tok)
         if tok in OBJECTIVES:
             if i != 0:
-                raise EvalkitError(f"objective {tok!r} must come first in --defense {text!r} (e.g. at+cas)")
+                raise EvalkitError(
+                    f"objective {tok!r} must come first in --defense {text!r} (e.g. at+cas)"
+                )
             objective = tok
         elif tok in PLUGINS:
             if tok in plugins:

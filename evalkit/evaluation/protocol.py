@@ -167,12 +167,19 @@ PRESETS: dict[str, Preset] = {
                 _aa("custom", attacks=["apgd-ce", "apgd-dlr"], n_iter=20, n_restarts=1),
             ),
         ),
-        Preset("study-cpu", "CPU-scale studies: FGSM; PGD-20 (eps/4, random start); CW-inf "
-               "(PGD-30 on the CW margin); AutoAttack custom (APGD-CE + APGD-DLR, 100 "
-               "iterations, 1 restart; the targeted APGD-T/FAB-T and Square are left out to fit "
-               "CPU time)",
-               (_fgsm(), _pgd(20), _cw_inf(30),
-                _aa("custom", attacks=["apgd-ce", "apgd-dlr"], n_iter=100, n_restarts=1))),
+        Preset(
+            "study-cpu",
+            "CPU-scale studies: FGSM; PGD-20 (eps/4, random start); CW-inf "
+            "(PGD-30 on the CW margin); AutoAttack custom (APGD-CE + APGD-DLR, 100 "
+            "iterations, 1 restart; the targeted APGD-T/FAB-T and Square are left out to fit "
+            "CPU time)",
+            (
+                _fgsm(),
+                _pgd(20),
+                _cw_inf(30),
+                _aa("custom", attacks=["apgd-ce", "apgd-dlr"], n_iter=100, n_restarts=1),
+            ),
+        ),
         Preset("pgd", "PGD-20 only (quick check; not a robustness claim)", (_pgd(20),)),
         Preset(
             "paper-cas",

@@ -30,7 +30,9 @@ class AlexNet(ImageClassifier):
     ) -> None:
         super().__init__(mean=mean, std=std, upsample=upsample, pool=pool)
         s = parse_strides(strides, self.default_strides, "alexnet")
-        self.layer1 = nn.Sequential(nn.Conv2d(in_channels, 64, 5, stride=s[0], padding=2), nn.ReLU())
+        self.layer1 = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 5, stride=s[0], padding=2), nn.ReLU()
+        )
         self.down1 = nn.MaxPool2d(2, s[1])
         self.layer2 = nn.Sequential(nn.Conv2d(64, 192, 5, padding=2), nn.ReLU())
         self.down2 = nn.MaxPool2d(2, s[2])
@@ -39,7 +41,12 @@ class AlexNet(ImageClassifier):
         self.layer5 = nn.Sequential(nn.Conv2d(256, 256, 3, padding=1), nn.ReLU())
         self.down3 = nn.MaxPool2d(2, s[3])
         self.classifier = nn.Sequential(
-            nn.Dropout(0.5), nn.Linear(256, 1024), nn.ReLU(), nn.Dropout(0.5), nn.Linear(1024, 512), nn.ReLU()
+            nn.Dropout(0.5),
+            nn.Linear(256, 1024),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(1024, 512),
+            nn.ReLU(),
         )
         self.linear = nn.Linear(512, num_classes)
         self.feature_dim = 256

@@ -58,5 +58,7 @@ def parse_strides(strides: str | Sequence[int] | None, default: str, arch: str) 
     """``"1122"`` -> ``[1, 1, 2, 2]``, checking the length the architecture needs."""
     text = default if strides is None else "".join(str(s) for s in strides)
     if len(text) != len(default) or any(c not in "12" for c in text):
-        raise ValueError(f"{arch} needs {len(default)} strides of 1 or 2 (e.g. {default}), got {text!r}")
+        raise ValueError(
+            f"{arch} needs {len(default)} strides of 1 or 2 (e.g. {default}), got {text!r}"
+        )
     return [int(c) for c in text]

@@ -44,10 +44,14 @@ def build_model(
     mean = tuple(mean) if mean is not None else (0.0,) * in_channels
     std = tuple(std) if std is not None else (1.0,) * in_channels
     if len(mean) != in_channels or len(std) != in_channels:
-        raise EvalkitError(f"normalization needs {in_channels} mean/std values, got {len(mean)}/{len(std)}")
+        raise EvalkitError(
+            f"normalization needs {in_channels} mean/std values, got {len(mean)}/{len(std)}"
+        )
     kwargs = {k: v for k, v in arch_kwargs.items() if v is not None}
     try:
-        model = ARCHS[key](num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, **kwargs)
+        model = ARCHS[key](
+            num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, **kwargs
+        )
     except (TypeError, ValueError) as exc:
         raise EvalkitError(f"cannot build {arch}: {exc}") from None
     model.arch_config = {

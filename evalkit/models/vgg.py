@@ -36,7 +36,11 @@ class VGG16(ImageClassifier):
         for i, (widths, stride) in enumerate(zip(STAGES, s), start=1):
             layers: list[nn.Module] = []
             for cout in widths:
-                layers.append(nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()))
+                layers.append(
+                    nn.Sequential(
+                        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()
+                    )
+                )
                 cin = cout
             self.add_module(f"layer{i}", nn.Sequential(*layers))
             # the max-pool after stage i; stride 1 removes it (RCM)
@@ -45,7 +49,12 @@ class VGG16(ImageClassifier):
                 nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity(),
             )
         self.classifier = nn.Sequential(
-            nn.Linear(512, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 256), nn.ReLU(), nn.Dropout(0.5)
+            nn.Linear(512, 256),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(256, 256),
+            nn.ReLU(),
+            nn.Dropout(0.5),
         )
         self.linear = nn.Linear(256, num_classes)
         self.feature_dim = 512

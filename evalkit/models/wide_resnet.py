@@ -17,7 +17,9 @@ from evalkit.models.layers import parse_strides
 
 
 class WideBasicBlock(nn.Module):
-    def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0) -> None:
+    def __init__(
+        self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0
+    ) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.relu1 = nn.ReLU()
@@ -28,7 +30,9 @@ class WideBasicBlock(nn.Module):
         self.drop_rate = drop_rate
         self.equal_in_out = in_planes == out_planes
         self.convShortcut = (
-            None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+            None
+            if self.equal_in_out
+            else nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,11 +45,20 @@ class WideBasicBlock(nn.Module):
 
 
 class NetworkBlock(nn.Module):
-    def __init__(self, n: int, in_planes: int, out_planes: int, stride: int, drop_rate: float) -> None:
+    def __init__(
+        self, n: int, in_planes: int, out_planes: int, stride: int, drop_rate: float
+    ) -> None:
         super().__init__()
         self.layer = nn.Sequential(
-            *[WideBasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
-              for i in range(n)]
+            *[
+                WideBasicBlock(
+                    in_planes if i == 0 else out_planes,
+                    out_planes,
+                    stride if i == 0 else 1,
+                    drop_rate,
+                )
+                for i in range(n)
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

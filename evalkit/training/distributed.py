@@ -31,8 +31,11 @@ class DistInfo:
 
 def dist_info() -> DistInfo:
     """The process's place in a torchrun job (a single process when not launched by torchrun)."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo(
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def init_distributed(device: torch.device) -> DistInfo:

@@ -47,7 +47,9 @@ def _ce(ctx: ObjectiveContext, logits: torch.Tensor, y: torch.Tensor) -> torch.T
     return F.cross_entropy(logits, y)
 
 
-def _extra(ctx: ObjectiveContext, model: nn.Module, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _extra(
+    ctx: ObjectiveContext, model: nn.Module, logits: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
     total = logits.new_zeros(())
     for fn in ctx.extra_fns:
         total = total + fn(model, logits, y, ctx.params)
@@ -69,8 +71,18 @@ def craft(
         attack_model.eval()
     try:
         with ctx.autocast():
-            return pgd(attack_model, x, y, ctx.eps, steps=ctx.steps, step_size=ctx.step_size, loss=loss,
-                       random_start=init is None, generator=generator, init=init)
+            return pgd(
+                attack_model,
+                x,
+                y,
+                ctx.eps,
+                steps=ctx.steps,
+                step_size=ctx.step_size,
+                loss=loss,
+                random_start=init is None,
+                generator=generator,
+                init=init,
+            )
     finally:
         attack_model.train(was_training)
 
@@ -130,11 +142,20 @@ def trades_loss(model, attack_model, x, y, ctx, gen):
 
 def _kl(logits_adv: torch.Tensor, logits_nat: torch.Tensor) -> torch.Tensor:
     """Batch-mean KL(softmax(nat) || softmax(adv)) as TRADES computes it."""
-    return F.kl_div(F.log_softmax(logits_adv.float(), 1), F.softmax(logits_nat.float(), 1), reduction="batchmean")
+    return F.kl_div(
+        F.log_softmax(logits_adv.float(), 1),
+        F.softmax(logits_nat.float(), 1),
+        reduction="batchmean",
+    )
 
 
-def _mart_terms(ctx: ObjectiveContext, logits_adv: torch.Tensor, logits_nat: torch.Tensor, y: torch.Tensor,
-                weight: torch.Tensor) -> torch.Tensor:
+def _mart_terms(
+    ctx: ObjectiveContext,
+    logits_adv: torch.Tensor,
+    logits_nat: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+) -> torch.Tensor:
     """MART's BCE-boosted CE on x' + beta * KL(f(x) || f(x')) weighted per example by ``weight``."""
     logits_adv, logits_nat = logits_adv.float(), logits_nat.float()
     adv_probs = F.softmax(logits_adv, dim=1)
@@ -159,9 +180,16 @@ def mart_loss(model, attack_model, x, y, ctx, gen):
     weight = 1.0000001 - true_probs
     loss = _mart_terms(ctx, logits_adv, logits_nat, y, weight)
     if heads_adv:
-        head = torch.stack([_mart_terms(ctx, a, n, y, weight) for a, n in zip(heads_adv, heads_nat)]).mean()
+        head = torch.stack(
+            [_mart_terms(ctx, a, n, y, weight) for a, n in zip(heads_adv, heads_nat)]
+        ).mean()
         loss = loss + head_beta(ctx.params) * head
     return loss, logits_adv
 
 
-OBJECTIVES = {"standard": standard_loss, "at": pgd_at_loss, "trades": trades_loss, "mart": mart_loss}
+OBJECTIVES = {
+    "standard": standard_loss,
+    "at": pgd_at_loss,
+    "trades": trades_loss,
+    "mart": mart_loss,
+}

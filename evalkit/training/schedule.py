@@ -10,7 +10,9 @@ from evalkit.training.config import TrainConfig
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
 
 
 def default_milestones(epochs: int) -> list[int]:
@@ -18,7 +20,9 @@ def default_milestones(epochs: int) -> list[int]:
     return sorted({max(1, round(epochs * 0.5)), max(1, round(epochs * 0.75))})
 
 
-def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+def make_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
     if cfg.schedule == "multistep":
         ms = cfg.milestones or default_milestones(cfg.epochs)
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=ms, gamma=cfg.gamma)

@@ -37,7 +37,15 @@ from evalkit.utils.device import resolve_device
 from evalkit.utils.io import atomic_write_text
 from evalkit.utils.seeding import derive_seed, make_generator, seed_everything
 
-HISTORY_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_clean_acc", "val_pgd_acc", "time_s"]
+HISTORY_FIELDS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_clean_acc",
+    "val_pgd_acc",
+    "time_s",
+]
 
 
 def split_train_val(data: ArraySplit, cfg: TrainConfig) -> tuple[ArraySplit, ArraySplit]:
@@ -47,7 +55,9 @@ def split_train_val(data: ArraySplit, cfg: TrainConfig) -> tuple[ArraySplit, Arr
     n_val = min(cfg.val_size, max(0, len(data) // 5))
     if n_val == 0:
         return data, data.first(0)
-    return data.subset(slice(0, len(data) - n_val)), data.subset(slice(len(data) - n_val, len(data)))
+    return data.subset(slice(0, len(data) - n_val)), data.subset(
+        slice(len(data) - n_val, len(data))
+    )
 
 
 def build_training_model(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
@@ -56,10 +66,18 @@ def build_training_model(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
     spec = parse_spec(cfg.defense, cfg.defense_params)
     for name in spec.plugins:
         if get_plugin(name).test_time_only:
-            raise EvalkitError(f"{name} is a test-time defense: train without it and evaluate with --defense {name}")
+            raise EvalkitError(
+                f"{name} is a test-time defense: train without it and evaluate with --defense {name}"
+            )
     mean, std = (info.mean, info.std) if cfg.normalize else (None, None)
-    model = build_model(cfg.arch, num_classes=info.num_classes, in_channels=info.in_channels,
-                        mean=mean, std=std, **cfg.arch_kwargs)
+    model = build_model(
+        cfg.arch,
+        num_classes=info.num_classes,
+        in_channels=info.in_channels,
+        mean=mean,
+        std=std,
+        **cfg.arch_kwargs,
+    )
     model = apply_defenses(model, spec)
     return model, plugin_params(spec)
 
@@ -69,8 +87,14 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return int((model(x).argmax(1) == y).sum())
 
 
-def validate(model: nn.Module, val: ArraySplit, cfg: TrainConfig, device: torch.device, epoch: int,
-             head_beta: float = 2.0) -> tuple[float, float]:
+def validate(
+    model: nn.Module,
+    val: ArraySplit,
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    head_beta: float = 2.0,
+) -> tuple[float, float]:
     """Clean and PGD accuracy on the held-out split (eval mode, joint loss for aux heads)."""
     if len(val) == 0:
         return float("nan"), float("nan")
@@ -82,7 +106,16 @@ def validate(model: nn.Module, val: ArraySplit, cfg: TrainConfig, device: torch.
     for _, x, y in iterate_batches(val, 256):
         x, y = x.to(device), y.to(device)
         clean += _accuracy(model, x, y)
-        x_adv = pgd(model, x, y, cfg.eps, steps=cfg.val_attack_steps, step_size=cfg.eps / 4, loss=loss, generator=gen)
+        x_adv = pgd(
+            model,
+            x,
+            y,
+            cfg.eps,
+            steps=cfg.val_attack_steps,
+            step_size=cfg.eps / 4,
+            loss=loss,
+            generator=gen,
+        )
         robust += _accuracy(model, x_adv, y)
     model.train(was)
     return clean / len(val), robust / len(val)
@@ -104,15 +137,21 @@ def _resume_state(cfg: TrainConfig, out: Path) -> dict[str, Any] | None:
             raise EvalkitError(f"--resume: no checkpoint.pt in {out} (start without --resume)")
         return None
     if not cfg.resume:
-        raise EvalkitError(f"{out} already holds a checkpoint.pt (add --resume to continue it, or pick another --out)")
+        raise EvalkitError(
+            f"{out} already holds a checkpoint.pt (add --resume to continue it, or pick another --out)"
+        )
     obj = read_checkpoint_file(ckpt)
     meta = read_meta(obj, ckpt)
     saved = meta.train_config
     for key in ("dataset", "arch", "defense", "seed", "batch_size", "eps"):
         if key in saved and saved[key] != getattr(cfg, key):
-            raise EvalkitError(f"--resume: {key} was {saved[key]!r} in {ckpt}, now {getattr(cfg, key)!r} (use the same options)")
+            raise EvalkitError(
+                f"--resume: {key} was {saved[key]!r} in {ckpt}, now {getattr(cfg, key)!r} (use the same options)"
+            )
     if "extra" not in obj:
-        raise EvalkitError(f"--resume: {ckpt} has no optimizer state (it was not written by evalkit train)")
+        raise EvalkitError(
+            f"--resume: {ckpt} has no optimizer state (it was not written by evalkit train)"
+        )
     return obj
 
 
@@ -129,7 +168,9 @@ def train(cfg: TrainConfig) -> Path:
     resume = _resume_state(cfg, out)
     barrier()
     augment = info.augment if cfg.augment is None else cfg.augment
-    train_split, val_split = split_train_val(load_split(cfg.dataset, "train", cfg.data_root, cfg.download), cfg)
+    train_split, val_split = split_train_val(
+        load_split(cfg.dataset, "train", cfg.data_root, cfg.download), cfg
+    )
     if len(train_split) == 0:
         raise EvalkitError("no training examples (check --n-train)")
 
@@ -150,24 +191,38 @@ def train(cfg: TrainConfig) -> Path:
     train_model: nn.Module = model
     if dist.enabled:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     use_bf16 = cfg.amp == "bf16"
     if cfg.amp not in ("none", "bf16"):
         raise EvalkitError(f"unknown --amp {cfg.amp!r} (use none or bf16)")
     ctx = ObjectiveContext(
-        objective=spec.objective, eps=cfg.eps, steps=cfg.attack_steps, step_size=cfg.attack_step(),
-        beta=cfg.objective_beta(spec.objective), attack_bn=cfg.attack_bn,
-        margin_fns=margin_transforms(spec), extra_fns=extra_losses(spec), params=params,
-        autocast=(lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext,
+        objective=spec.objective,
+        eps=cfg.eps,
+        steps=cfg.attack_steps,
+        step_size=cfg.attack_step(),
+        beta=cfg.objective_beta(spec.objective),
+        attack_bn=cfg.attack_bn,
+        margin_fns=margin_transforms(spec),
+        extra_fns=extra_losses(spec),
+        params=params,
+        autocast=(lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if use_bf16
+        else nullcontext,
     )
     objective = OBJECTIVES[spec.objective]
     beta_heads = head_beta(params)
     # CAS-style modules mask features with the true label in training, so accuracy on training
     # logits would be inflated (near 100%): it is not recorded for them; validation is honest.
     label_conditioned = any(getattr(m, "uses_labels", False) for m in model.modules())
-    train_config = cfg.to_dict() | {"defense_spec": str(spec), "objective_beta": ctx.beta,
-                                    "attack_step_size": ctx.step_size, "world_size": dist.world_size,
-                                    "n_train_used": len(train_split), "n_val": len(val_split)}
+    train_config = cfg.to_dict() | {
+        "defense_spec": str(spec),
+        "objective_beta": ctx.beta,
+        "attack_step_size": ctx.step_size,
+        "world_size": dist.world_size,
+        "n_train_used": len(train_split),
+        "n_val": len(val_split),
+    }
     local_batch = max(1, cfg.batch_size // dist.world_size)
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -178,16 +233,26 @@ def train(cfg: TrainConfig) -> Path:
         atk_gen = make_generator(derive_seed(cfg.seed, "attack", epoch, dist.rank))
         model.train()
         tot_loss = tot_correct = tot_n = 0.0
-        batches = iterate_batches(train_split, local_batch, augment=augment, generator=gen, indices=shard)
-        bar = tqdm(batches, total=math.ceil(len(shard) / local_batch), desc=f"epoch {epoch}/{cfg.epochs}",
-                   disable=not (cfg.progress and dist.is_main), leave=False, dynamic_ncols=True)
+        batches = iterate_batches(
+            train_split, local_batch, augment=augment, generator=gen, indices=shard
+        )
+        bar = tqdm(
+            batches,
+            total=math.ceil(len(shard) / local_batch),
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            disable=not (cfg.progress and dist.is_main),
+            leave=False,
+            dynamic_ncols=True,
+        )
         for _, x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss, logits = objective(train_model, model, x, y, ctx, atk_gen)
             if not torch.isfinite(loss):
-                raise EvalkitError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")
+                raise EvalkitError(
+                    f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -195,27 +260,46 @@ def train(cfg: TrainConfig) -> Path:
             tot_loss += float(loss.detach()) * n
             tot_correct += float((logits.detach().argmax(1) == y).sum())
             tot_n += n
-            bar.set_postfix(loss=f"{tot_loss / tot_n:.3f}",
-                            acc="n/a" if label_conditioned else f"{tot_correct / tot_n:.3f}")
+            bar.set_postfix(
+                loss=f"{tot_loss / tot_n:.3f}",
+                acc="n/a" if label_conditioned else f"{tot_correct / tot_n:.3f}",
+            )
         bar.close()
         tot_loss, tot_correct, tot_n = all_reduce_sum([tot_loss, tot_correct, tot_n], device)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         val_clean, val_pgd = validate(model, val_split, cfg, device, epoch, beta_heads)
         train_acc = float("nan") if label_conditioned else tot_correct / tot_n
-        row = {"epoch": epoch, "lr": lr, "train_loss": tot_loss / tot_n, "train_acc": train_acc,
-               "val_clean_acc": val_clean, "val_pgd_acc": val_pgd, "time_s": time.perf_counter() - t0}
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": tot_loss / tot_n,
+            "train_acc": train_acc,
+            "val_clean_acc": val_clean,
+            "val_pgd_acc": val_pgd,
+            "time_s": time.perf_counter() - t0,
+        }
         history.append(row)
         if dist.is_main:
-            save_checkpoint(out / "checkpoint.pt", model, dataset=cfg.dataset, input_size=info.input_size,
-                            defense=str(spec), defense_params=params, train_config=train_config,
-                            history=history, epoch=epoch,
-                            extra={"optimizer": opt.state_dict(), "scheduler": sched.state_dict()})
+            save_checkpoint(
+                out / "checkpoint.pt",
+                model,
+                dataset=cfg.dataset,
+                input_size=info.input_size,
+                defense=str(spec),
+                defense_params=params,
+                train_config=train_config,
+                history=history,
+                epoch=epoch,
+                extra={"optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
+            )
             atomic_write_text(out / "history.csv", _history_csv(history))
             if cfg.progress:
-                tqdm.write(f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {train_acc:.3f}"
-                           f"  val clean {val_clean:.3f}  val PGD-{cfg.val_attack_steps} {val_pgd:.3f}"
-                           f"  ({row['time_s']:.1f}s)")
+                tqdm.write(
+                    f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {train_acc:.3f}"
+                    f"  val clean {val_clean:.3f}  val PGD-{cfg.val_attack_steps} {val_pgd:.3f}"
+                    f"  ({row['time_s']:.1f}s)"
+                )
         barrier()
     if start_epoch > cfg.epochs and dist.is_main and cfg.progress:
         tqdm.write(f"{out / 'checkpoint.pt'} already has {cfg.epochs} epochs; nothing to do")

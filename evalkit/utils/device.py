@@ -16,7 +16,9 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise EvalkitError("--device cuda was asked for but no CUDA GPU is visible (use --device cpu or auto)")
+            raise EvalkitError(
+                "--device cuda was asked for but no CUDA GPU is visible (use --device cpu or auto)"
+            )
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")

@@ -145,3 +145,37 @@ def test_torchrun_two_processes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     model, meta = load_model(out / "checkpoint.pt")
     assert meta.train_config["world_size"] == 2
+
+
+def test_warm_start_from_another_checkpoint(tmp_path):
+    first = train(_cfg(tmp_path, "nat", epochs=1))
+    warm = train(
+        _cfg(
+            tmp_path,
+            "warm",
+            defense="at",
+            epochs=1,
+            init=str(first),
+            lr=0.0,
+            momentum=0.0,
+            weight_decay=0.0,
+        )
+    )
+    a, b = torch.load(first, weights_only=True), torch.load(warm, weights_only=True)
+    # lr 0: weights unchanged from the init (BN running stats move, so compare conv weights)
+    assert torch.equal(a["state_dict"]["layer1.0.weight"], b["state_dict"]["layer1.0.weight"])
+    code = main(
+        [
+            "train",
+            "--out",
+            str(tmp_path / "bad"),
+            "--epochs",
+            "1",
+            "--quiet",
+            "--arch",
+            "resnet18",
+            "--init",
+            str(first),
+        ]
+    )
+    assert code == 2

@@ -77,7 +77,7 @@ def _train_argv(ctx: StudyContext, key: str, defense: str, extra: tuple[str, ...
         "--eps",
         s.eps,
         *s.train_args,
-        *extra,
+        *(a.replace("{models}", str(ctx.models_dir)) for a in extra),
         "--seed",
         str(ctx.seed),
         "--device",

@@ -39,6 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", required=True, help="output directory (checkpoint.pt, history.csv)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="CKPT",
+        help="warm start from CKPT's weights (same arch and defense), e.g. a naturally "
+        "trained CIFS model before AT+CIFS as in the CIFS paper",
+    )
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, default=128)
     opt.add_argument("--lr", type=float, default=0.1)
@@ -163,6 +170,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data_root=args.data_root,
         download=args.download,
         resume=args.resume,
+        init=args.init,
         progress=not args.quiet,
     )
 

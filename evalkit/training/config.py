@@ -42,6 +42,9 @@ class TrainConfig:
     data_root: str | None = None
     download: bool = False
     resume: bool = False
+    init: str | None = (
+        None  # warm start: weights of this checkpoint (e.g. CIFS's natural pre-training)
+    )
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:

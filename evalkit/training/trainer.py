@@ -155,6 +155,26 @@ def _resume_state(cfg: TrainConfig, out: Path) -> dict[str, Any] | None:
     return obj
 
 
+def _warm_start(model: nn.Module, path: str) -> None:
+    """Start from another checkpoint's weights (not its optimizer): the CIFS paper adversarially
+    trains from a naturally trained CIFS model. Arch and defense must match."""
+    obj = read_checkpoint_file(path)
+    state = obj.get("state_dict") if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise EvalkitError(f"--init {path} holds no state_dict")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise EvalkitError(
+            f"--init {path} does not fit this model ({str(exc).splitlines()[0][:160]})"
+        ) from None
+    if result.missing_keys or result.unexpected_keys:
+        keys = (result.missing_keys or result.unexpected_keys)[:2]
+        raise EvalkitError(
+            f"--init {path} does not fit this arch/defense (mismatched keys such as {keys})"
+        )
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train per ``cfg``; returns the path of ``checkpoint.pt`` (rank 0 writes it)."""
     device = resolve_device(cfg.device)
@@ -181,6 +201,8 @@ def train(cfg: TrainConfig) -> Path:
     sched = make_scheduler(opt, cfg)
     history: list[dict[str, Any]] = []
     start_epoch = 1
+    if cfg.init and resume is None:
+        _warm_start(model, cfg.init)
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
         opt.load_state_dict(resume["extra"]["optimizer"])

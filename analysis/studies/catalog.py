@@ -222,9 +222,9 @@ def _pooling_analyses(ctx: StudyContext) -> list[list[str]]:
                 "--configs",
                 "1222,1221,1221@2",
                 "--epochs",
-                "3",
+                str(s.epochs),
                 "--n-train",
-                "2500",
+                "4500",
                 "--n",
                 "500",
             ]
@@ -278,8 +278,9 @@ STUDIES: dict[str, Study] = {
                 "CAS improves robust accuracy over its base objective under adaptive attacks",
                 "CIFS improves robust accuracy over its base objective under adaptive attacks",
             ],
-            models=lambda scale: [AT, AT_CAS, CIFS_NAT, AT_CIFS]
-            + (GPU_EXTRA if scale.name == "gpu" else []),
+            models=lambda scale: (
+                [AT, AT_CAS, CIFS_NAT, AT_CIFS] + (GPU_EXTRA if scale.name == "gpu" else [])
+            ),
             evaluations=lambda ctx: _attack_runs(
                 ctx,
                 ["at", "at_cas", "at_cifs"]

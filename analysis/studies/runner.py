@@ -47,6 +47,37 @@ def scale_for(
     return s
 
 
+def _command_text(argv: list[str]) -> str:
+    if argv[0] == "python":
+        return shlex.join(["python", "-m", argv[1], *argv[2:]])
+    return shlex.join(["evalkit", *argv])
+
+
+def _record_time(path: Path, command: str, seconds: float) -> None:
+    """Step wall times, shared by the studies under one output root (models are trained once
+    and reused), so a study can report the compute its full set of commands costs."""
+    times = json.loads(path.read_text()) if path.exists() else {}
+    times[command] = round(seconds, 1)
+    atomic_write_json(path, times)
+
+
+def _artifact_time(argv: list[str]) -> float | None:
+    """A step's wall time as its own outputs recorded it (training history, run cost), for
+    steps run before their time was logged; None when the outputs do not say."""
+    try:
+        out = Path(argv[argv.index("--out") + 1])
+        if argv[0] == "train":
+            hist = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)[
+                "history"
+            ]
+            return float(sum(r["time_s"] for r in hist))
+        if argv[0] == "attack":
+            return float(json.loads((out / "summary.json").read_text())["cost"]["wall_time_s"])
+    except (OSError, KeyError, ValueError, RuntimeError):
+        return None
+    return None
+
+
 def _run(argv: list[str], log: list[str]) -> None:
     """Run one step in-process; a failure stops the study with the failing command named."""
     if argv[0] == "python":
@@ -128,7 +159,8 @@ def findings_markdown(
         f"Scale: **{ctx.scale.name}** — {ctx.scale.notes}. Dataset `{ctx.scale.dataset}`, arch "
         f"`{ctx.scale.arch}`, eps {ctx.scale.eps}, evaluation preset `{ctx.scale.preset}`, seed {ctx.seed}.",
         "",
-        f"Regenerate: `{meta['command']}` (wall time of this run: {meta['wall_time_s'] / 60:.1f} min on "
+        f"Regenerate: `{meta['command']}` (its {meta['steps_total']} steps took "
+        f"{meta['compute_time_s'] / 60:.1f} min of wall time here, {meta['steps_timed']} of them timed, on "
         f"{meta['device']}).",
         "",
         "| claim | verdict | numbers |",
@@ -181,19 +213,31 @@ def run_study(
     steps += [_analysis_done(a) for a in study.analyses(ctx)]
     todo = [s for s in steps if s is not None]
     print(f"study {name} ({scale.name}): {len(todo)} of {len(steps)} steps to run", file=sys.stderr)
+    times_file = ctx.out.parent / "step_times.json"
     for i, argv in enumerate(todo, 1):
         print(f"[{name} {i}/{len(todo)}] evalkit {' '.join(argv[:2])} ...", file=sys.stderr)
+        t_step = time.perf_counter()
         _run(argv, log)
+        _record_time(
+            times_file,
+            _command_text([a for a in argv if a != "--resume"]),
+            time.perf_counter() - t_step,
+        )
     all_commands = [
-        shlex.join(["evalkit", *a])
-        if a[0] != "python"
-        else shlex.join(["python", "-m", a[1], *a[2:]])
+        _command_text(a)
         for a in (
             [_train_argv(ctx, m.key, m.defense, m.train_args) for m in study.models(scale)]
             + study.evaluations(ctx)
             + study.analyses(ctx)
         )
     ]
+    recorded = json.loads(times_file.read_text()) if times_file.exists() else {}
+    step_argvs = (
+        [_train_argv(ctx, m.key, m.defense, m.train_args) for m in study.models(scale)]
+        + study.evaluations(ctx)
+        + study.analyses(ctx)
+    )
+    step_seconds = [recorded.get(c, _artifact_time(a)) for c, a in zip(all_commands, step_argvs)]
     findings = study.judge(ctx)
     meta = {
         "study": name,
@@ -202,6 +246,9 @@ def run_study(
         "seed": seed,
         "device": str(device),
         "wall_time_s": time.perf_counter() - t0,
+        "compute_time_s": sum(t for t in step_seconds if t is not None),
+        "steps_timed": sum(t is not None for t in step_seconds),
+        "steps_total": len(all_commands),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command or f"evalkit study {name} --scale {scale.name}",
     }

@@ -304,7 +304,8 @@ def write_index(root: Path) -> None:
         "# Reproduction studies",
         "",
         "Each seed-paper finding run end to end by `evalkit study NAME --scale SCALE`; the verdicts are",
-        "computed from the measured numbers by `analysis/studies/judges.py` (thresholds fixed before the runs).",
+        "computed from the measured numbers by `analysis/studies/judges.py`, whose docstring lists the rules",
+        "revised after a first look at these CPU results.",
         "Open a study's `report.html` for the tables and plots, `FINDINGS.md` for the commands.",
         "",
         "| study | scale | claim | verdict | regenerate |",
@@ -319,6 +320,13 @@ def write_index(root: Path) -> None:
             lines.append(
                 f"| {first} | {rec['scale'] if i == 0 else ''} | {f['claim']} | **{f['verdict']}** | {cmd} |"
             )
+    if not list(root.glob("*/gpu/findings.json")):
+        lines += [
+            "",
+            "No `gpu`-scale results yet: no GPU was available when these were made. The configs are ready",
+            "(ResNet-18 on the full Fashion-MNIST, 15 epochs, default protocol with AutoAttack standard):",
+            "`evalkit study all --scale gpu --device cuda --publish docs/studies`.",
+        ]
     atomic_write_text(root / "README.md", "\n".join(lines) + "\n")
 
 

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 *(["--dataset", args.dataset] if args.dataset else []),
                 *(["--eps", args.eps] if args.eps else []),
                 *(["--epochs", str(args.epochs)] if args.epochs else []),
+                *(["--publish", args.publish] if args.publish else []),
             ]
         )
         run_study(

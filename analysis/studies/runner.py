@@ -159,9 +159,14 @@ def findings_markdown(
         f"Scale: **{ctx.scale.name}** — {ctx.scale.notes}. Dataset `{ctx.scale.dataset}`, arch "
         f"`{ctx.scale.arch}`, eps {ctx.scale.eps}, evaluation preset `{ctx.scale.preset}`, seed {ctx.seed}.",
         "",
-        f"Regenerate: `{meta['command']}` (its {meta['steps_total']} steps took "
-        f"{meta['compute_time_s'] / 60:.1f} min of wall time here, {meta['steps_timed']} of them timed, on "
-        f"{meta['device']}).",
+        f"Regenerate: `{meta['command']}` ("
+        + (
+            f"its {meta['steps_total']} steps took {meta['compute_time_s'] / 60:.1f} min of wall time here "
+            f"({meta['steps_timed']} of them timed; on a shared, loaded machine) on {meta['device']}"
+            if meta["steps_timed"]
+            else "its steps ran before step timing was recorded"
+        )
+        + ").",
         "",
         "| claim | verdict | numbers |",
         "|---|---|---|",

@@ -30,10 +30,10 @@ from evalkit.defenses.registry import get_plugin, margin_transforms
 from evalkit.errors import EvalkitError
 from evalkit.models import build_model
 from evalkit.training.config import TrainConfig
-from evalkit.training.distributed import all_reduce_sum, barrier, device_for_rank, init_distributed
 from evalkit.training.objectives import OBJECTIVES, ObjectiveContext
 from evalkit.training.schedule import make_optimizer, make_scheduler
 from evalkit.utils.device import resolve_device
+from evalkit.utils.distributed import all_reduce_sum, barrier, device_for, setup
 from evalkit.utils.io import atomic_write_text
 from evalkit.utils.seeding import derive_seed, make_generator, seed_everything
 
@@ -178,15 +178,15 @@ def _warm_start(model: nn.Module, path: str) -> None:
 def train(cfg: TrainConfig) -> Path:
     """Train per ``cfg``; returns the path of ``checkpoint.pt`` (rank 0 writes it)."""
     device = resolve_device(cfg.device)
-    dist = init_distributed(device)
-    device = device_for_rank(device, dist)
+    dist = setup(device)
+    device = device_for(device, dist)
     out = Path(cfg.out)
     spec = parse_spec(cfg.defense, cfg.defense_params)
     seed_everything(cfg.seed)
     model, params = build_training_model(cfg)
     info = dataset_info(cfg.dataset)
     resume = _resume_state(cfg, out)
-    barrier()
+    barrier(dist)
     augment = info.augment if cfg.augment is None else cfg.augment
     train_split, val_split = split_train_val(
         load_split(cfg.dataset, "train", cfg.data_root, cfg.download), cfg
@@ -211,7 +211,7 @@ def train(cfg: TrainConfig) -> Path:
         start_epoch = int(resume.get("epoch") or 0) + 1
 
     train_model: nn.Module = model
-    if dist.enabled:
+    if dist.active:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
@@ -251,7 +251,7 @@ def train(cfg: TrainConfig) -> Path:
         torch.manual_seed(derive_seed(cfg.seed, "epoch", epoch))  # dropout etc.
         gen = make_generator(derive_seed(cfg.seed, "data", epoch))
         order = torch.randperm(len(train_split), generator=gen)
-        shard = order[dist.rank :: dist.world_size] if dist.enabled else order
+        shard = order[dist.rank :: dist.world_size] if dist.active else order
         atk_gen = make_generator(derive_seed(cfg.seed, "attack", epoch, dist.rank))
         model.train()
         tot_loss = tot_correct = tot_n = 0.0
@@ -287,7 +287,7 @@ def train(cfg: TrainConfig) -> Path:
                 acc="n/a" if label_conditioned else f"{tot_correct / tot_n:.3f}",
             )
         bar.close()
-        tot_loss, tot_correct, tot_n = all_reduce_sum([tot_loss, tot_correct, tot_n], device)
+        tot_loss, tot_correct, tot_n = all_reduce_sum([tot_loss, tot_correct, tot_n], dist, device)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         val_clean, val_pgd = validate(model, val_split, cfg, device, epoch, beta_heads)
@@ -322,7 +322,7 @@ def train(cfg: TrainConfig) -> Path:
                     f"  val clean {val_clean:.3f}  val PGD-{cfg.val_attack_steps} {val_pgd:.3f}"
                     f"  ({row['time_s']:.1f}s)"
                 )
-        barrier()
+        barrier(dist)
     if start_epoch > cfg.epochs and dist.is_main and cfg.progress:
         tqdm.write(f"{out / 'checkpoint.pt'} already has {cfg.epochs} epochs; nothing to do")
     return out / "checkpoint.pt"

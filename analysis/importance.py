@@ -16,8 +16,18 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from analysis.common import ModelEntry, accuracy, batches, craft_adversarial, eval_mode, progress
+from analysis.common import (
+    PAPER_STEP_SIZE,
+    PAPER_STEPS,
+    ModelEntry,
+    accuracy,
+    batches,
+    craft_adversarial,
+    eval_mode,
+    progress,
+)
 from analysis.io import AnalysisWriter
+from evalkit.analyses import AnalysisInputs, register_analysis, single_eps
 from evalkit.errors import EvalkitError
 
 
@@ -176,3 +186,34 @@ def run_importance_study(
 
 def _slug(label: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
+
+
+@register_analysis(
+    "importance", description="CIFS channel-importance masks, natural vs PGD (CIFS checkpoints)"
+)
+def importance(
+    inputs: AnalysisInputs,
+    *,
+    steps: int = PAPER_STEPS,
+    step_size: float | str | None = None,
+) -> dict[str, Any]:
+    """CIFS mask concentration and shift under PGD-``steps`` (step default 0.003, the CAS
+    analysis recipe); returns the per-model scalars."""
+    from evalkit.utils.parse import parse_eps
+
+    if steps < 1:
+        raise EvalkitError(f"steps must be positive (got {steps})")
+    return run_importance_study(
+        inputs.models,
+        inputs.x,
+        inputs.y,
+        inputs.out,
+        eps=single_eps(inputs.eps),
+        steps=steps,
+        step_size=PAPER_STEP_SIZE if step_size is None else parse_eps(step_size),
+        batch_size=inputs.batch_size,
+        seed=inputs.seed,
+        device=inputs.device,
+        show_progress=inputs.progress,
+        extra_params={"data": inputs.data_label},
+    )

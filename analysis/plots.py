@@ -90,10 +90,20 @@ def channel_comparison(df: pd.DataFrame, col: str, *, sort: str, n_examples: int
 
 
 def channel_scalars(scalars: dict[str, dict[str, Any]]) -> Figure:
-    """Bars per model: mean magnitude (left) and normalised entropy of the frequency (right)."""
+    """Bars per model: mean magnitude, normalised entropy of the frequency and, when the scalars
+    hold it, the cross-fitted tail share (adversarial minus natural share of activations on the
+    natural ranking's tail half; 0 = same distribution)."""
     labels = list(scalars)
     idx = np.arange(len(labels))
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 2.2 * len(labels) + 2), 3.2))
+    tail = all("tail_share_crossfit" in scalars[m] for m in labels)
+    ncols = 3 if tail else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(max(6, 2.2 * len(labels) + 2) * ncols / 2, 3.2))
+    if tail:
+        vals = [scalars[m]["tail_share_crossfit"] for m in labels]
+        axes[2].bar(idx, vals, 0.5, color=ADV)
+        axes[2].axhline(0, color="k", lw=0.8)
+        axes[2].set_xticks(idx, labels, rotation=20, ha="right")
+        axes[2].set_ylabel("tail share, adversarial - natural")
     for ax, key, ylabel in (
         (axes[0], "mean_magnitude", "mean channel magnitude"),
         (axes[1], "entropy", "normalised entropy of activation counts"),
@@ -227,5 +237,127 @@ def sap_plot(df: pd.DataFrame) -> Figure:
     for ax in axes:
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- distributions
+
+KIND_COLORS = {"natural": NAT, "adversarial": ADV}
+STAT_TITLES = {"activation": "activation values", "channel_mean": "per-channel means"}
+
+
+def mass_near_zero(values: np.ndarray) -> bool:
+    """True when most of the mass sits near zero relative to the spread: the median absolute
+    value is below 10% of the 99th percentile (ReLU maps: many zeros and a long right tail)."""
+    v = np.abs(np.asarray(values, dtype=float))
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return False
+    q50, q99 = np.quantile(v, [0.5, 0.99])
+    return bool(q99 > 0 and q50 <= 0.1 * q99)
+
+
+def symlog_linthresh(values: np.ndarray) -> float:
+    """Linear range of the symlog axis: the 10th percentile of the non-zero absolute values."""
+    v = np.abs(np.asarray(values, dtype=float))
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(np.quantile(v, 0.1)) if len(v) else 1e-3
+
+
+def activation_ecdf(table: pd.DataFrame, *, xscale: str = "auto") -> Figure:
+    """ECDFs of activation values (left) and per-channel means (right), natural vs adversarial;
+    one row per (model, layer). ``xscale``: ``auto`` (symlog where :func:`mass_near_zero`),
+    ``symlog`` or ``linear``; a symlog axis is linear within +-:func:`symlog_linthresh`."""
+    import seaborn as sns
+
+    if xscale not in ("auto", "symlog", "linear"):
+        raise ValueError(f"xscale must be auto, symlog or linear, not {xscale!r}")
+    pairs = list(dict.fromkeys(zip(table["model"], table["layer"])))
+    fig, axes = plt.subplots(
+        len(pairs), len(STAT_TITLES), figsize=(9, 2.8 * len(pairs)), squeeze=False
+    )
+    for i, (model, layer) in enumerate(pairs):
+        for j, stat in enumerate(STAT_TITLES):
+            ax = axes[i, j]
+            sub = table[(table.model == model) & (table.layer == layer) & (table.stat == stat)]
+            sns.ecdfplot(
+                data=sub,
+                x="value",
+                hue="kind",
+                hue_order=[k for k in KIND_COLORS if k in set(sub["kind"])],
+                palette=KIND_COLORS,
+                ax=ax,
+            )
+            log = xscale == "symlog" or (xscale == "auto" and mass_near_zero(sub["value"]))
+            if log:
+                ax.set_xscale("symlog", linthresh=symlog_linthresh(sub["value"]))
+                if len(sub) and float(sub["value"].min()) >= 0:
+                    ax.set_xlim(left=0)
+            ax.set_title(f"{model} · {layer}: {STAT_TITLES[stat]}", fontsize=9)
+            ax.set_xlabel("value" + (" (symlog)" if log else ""))
+            ax.set_ylabel("fraction ≤ value")
+    fig.tight_layout()
+    return fig
+
+
+def activation_violin(table: pd.DataFrame, summary: pd.DataFrame) -> Figure:
+    """Split violins of log10 of the positive values per layer (natural left, adversarial
+    right), activations (left column) and per-channel means (right), one row per model; the
+    shares of zeros (and negatives) per layer and kind, which a log axis cannot show, are written
+    under each violin."""
+    import seaborn as sns
+
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(
+        len(models), len(STAT_TITLES), figsize=(10, 3.4 * len(models)), squeeze=False
+    )
+    for i, model in enumerate(models):
+        for j, stat in enumerate(STAT_TITLES):
+            ax = axes[i, j]
+            sub = table[(table.model == model) & (table.stat == stat) & (table.value > 0)].copy()
+            layers = list(dict.fromkeys(table.loc[table.model == model, "layer"]))
+            kinds = [k for k in KIND_COLORS if k in set(table["kind"])]
+            if sub.empty:
+                ax.text(0.5, 0.5, "no positive values", ha="center", transform=ax.transAxes)
+            else:
+                sub["log10 value"] = np.log10(sub["value"].to_numpy())
+                sns.violinplot(
+                    data=sub,
+                    x="layer",
+                    y="log10 value",
+                    hue="kind",
+                    order=layers,
+                    hue_order=kinds,
+                    palette=KIND_COLORS,
+                    split=len(kinds) == 2,
+                    inner="quart",
+                    cut=0,
+                    density_norm="width",
+                    ax=ax,
+                )
+            srow = summary[(summary.model == model) & (summary.stat == stat)]
+            for x_pos, layer in enumerate(layers):
+                bits = []
+                for kind in kinds:
+                    r = srow[(srow.layer == layer) & (srow.kind == kind)]
+                    if len(r):
+                        z, neg = float(r["share_zero"].iloc[0]), float(r["share_negative"].iloc[0])
+                        bits.append(
+                            f"{kind[:3]}: zeros {z:.0%}" + (f", negative {neg:.0%}" if neg else "")
+                        )
+                ax.annotate(
+                    "\n".join(bits),
+                    (x_pos, 0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(0, -30),
+                    textcoords="offset points",
+                    ha="center",
+                    va="top",
+                    fontsize=7,
+                )
+            ax.set_title(f"{model}: {STAT_TITLES[stat]} (positive values)", fontsize=9)
+            ax.set_xlabel("")
+            ax.set_ylabel("log10 value")
     fig.tight_layout()
     return fig

@@ -9,26 +9,23 @@ straight through.
 
 This module measures, per model: the map size before pooling, clean and PGD accuracy, the
 pooled-feature change ``||pool(f(x')) - pool(f(x))||`` (absolute and relative to
-``||pool(f(x))||``) and the bound's right side. ``python -m analysis.pooling`` trains the
-CPU-scale grid (smallcnn width 8 on the bundled Fashion-MNIST; strides 1222/1221/1221 with x2
-upsampling -> 4/7/14 maps, avg and max pooling; PGD-AT 2 epochs on 2000 images) with the evalkit
-trainer and runs the study: about 11 CPU-minutes (662 s user time measured). ``1111`` (28x28
-maps) can be added with ``--configs``; it costs several times more.
+``||pool(f(x))||``) and the bound's right side. The grid of models it compares (stage strides
+and in-model upsampling for the map size, avg and max pooling) is trained by
+:func:`evalkit.pipelines.pooling.train_pooling_grid` and run by ``evalkit study pooling``.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 
-from analysis.common import ModelEntry, accuracy, batches, craft_adversarial, eval_mode, progress
+from analysis.common import ModelEntry, batches, craft_adversarial, eval_mode, predict, progress
 from analysis.io import AnalysisWriter
+from evalkit.analyses import AnalysisInputs, register_analysis, single_eps
 from evalkit.errors import EvalkitError
 
 
@@ -101,8 +98,11 @@ def evaluate_entry(
     seed: int,
     device: Any,
     show_progress: bool,
+    points: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
-    """One row of the study: map size, pooling, accuracies and pooled-feature change."""
+    """One row of the study: map size, pooling, accuracies and pooled-feature change. With
+    ``points`` given, ``points[label]`` gets the per-example arrays ``index``, ``clean``,
+    ``robust`` (0/1) and ``change_rel`` (relative pooled-feature change)."""
     model = entry.model
     step = step_size if step_size is not None else eps / 4
     x_adv = craft_adversarial(
@@ -121,6 +121,16 @@ def evaluate_entry(
     mn, pn = pooled_features(model, x, batch_size=batch_size, device=device)
     ma, pa = pooled_features(model, x_adv, batch_size=batch_size, device=device)
     kw = entry.meta.arch_kwargs if entry.meta is not None else {}
+    clean = predict(model, x, batch_size=batch_size, device=device) == y
+    robust = predict(model, x_adv, batch_size=batch_size, device=device) == y
+    if points is not None:
+        rel = (pa - pn).norm(dim=1) / pn.norm(dim=1).clamp_min(1e-12)
+        points[entry.label] = {
+            "index": np.arange(len(y)),
+            "clean": clean.numpy().astype(np.int8),
+            "robust": robust.numpy().astype(np.int8),
+            "change_rel": rel.numpy(),
+        }
     return {
         "model": entry.label,
         "pool": pool_kind(model),
@@ -128,8 +138,8 @@ def evaluate_entry(
         "map_hw": f"{mn.shape[-2]}x{mn.shape[-1]}",
         "strides": str(kw.get("strides", getattr(model, "default_strides", ""))),
         "upsample": int(getattr(getattr(model, "upsample", None), "factor", 1)),
-        "clean_accuracy": accuracy(model, x, y, batch_size=batch_size, device=device),
-        "robust_accuracy": accuracy(model, x_adv, y, batch_size=batch_size, device=device),
+        "clean_accuracy": float(clean.float().mean()) if len(y) else float("nan"),
+        "robust_accuracy": float(robust.float().mean()) if len(y) else float("nan"),
         **change_stats(mn, ma, pn, pa),
     }
 
@@ -161,6 +171,7 @@ def run_pooling_eval(
     from analysis import plots
 
     writer = AnalysisWriter(out, "pooling")
+    points: dict[str, dict[str, np.ndarray]] = {}
     rows = [
         evaluate_entry(
             e,
@@ -173,9 +184,17 @@ def run_pooling_eval(
             seed=seed,
             device=device,
             show_progress=show_progress,
+            points=points,
         )
         for e in progress(entries, "models", enabled=show_progress)
     ]
+    for label, arrays in points.items():
+        writer.array(
+            f"points_{_slug(label)}",
+            "per test example: index, clean and robust correctness (0/1), relative "
+            "pooled-feature change",
+            **arrays,
+        )
     df = pd.DataFrame(rows).sort_values(["pool", "map_size"], kind="stable").reset_index(drop=True)
     writer.table(
         df, "pooling", "per model: pooling, map size, clean/robust accuracy, pooled-feature change"
@@ -211,183 +230,48 @@ def run_pooling_eval(
     return df
 
 
-# ---------------------------------------------------------------- CPU-scale training grid
-
-
-def parse_configs(text: str) -> list[tuple[str, int]]:
-    """``"1222,1221@2"`` -> ``[("1222", 1), ("1221", 2)]`` (strides, upsample factor)."""
-    out = []
-    for tok in (t.strip() for t in text.split(",") if t.strip()):
-        strides, _, up = tok.partition("@")
-        if not strides.isdigit() or (up and not up.isdigit()):
-            raise EvalkitError(
-                f"bad config {tok!r}: write STRIDES or STRIDES@UPSAMPLE, e.g. 1221@2"
-            )
-        out.append((strides, int(up or 1)))
-    if not out:
-        raise EvalkitError("no configurations given (e.g. --configs 1222,1221,1221@2,1111)")
-    return out
-
-
-def train_grid(args: argparse.Namespace) -> list[ModelEntry]:
-    """Train (or reuse) one checkpoint per (config, pooling) with the evalkit trainer."""
-    from evalkit.checkpoint import load_model
-    from evalkit.training import TrainConfig, train
-
-    entries = []
-    root = Path(args.train_dir or Path(args.out) / "models")
-    for strides, up in parse_configs(args.configs):
-        for pool in args.pools.split(","):
-            label = f"{pool}-s{strides}" + (f"-up{up}" if up > 1 else "")
-            run_dir = root / label
-            ckpt = run_dir / "checkpoint.pt"
-            if not (args.reuse and ckpt.exists()):
-                print(f"training {label} ({args.defense}, {args.epochs} epochs)", file=sys.stderr)
-                cfg = TrainConfig(
-                    dataset=args.dataset,
-                    arch=args.arch,
-                    defense=args.defense,
-                    epochs=args.epochs,
-                    out=str(run_dir),
-                    batch_size=args.batch_size,
-                    lr=args.lr,
-                    eps=args.train_eps,
-                    attack_steps=args.attack_steps,
-                    arch_kwargs={
-                        "strides": strides,
-                        "upsample": up,
-                        "pool": pool,
-                        "width": args.width,
-                    },
-                    n_train=args.n_train,
-                    val_size=0,
-                    seed=args.seed,
-                    device=args.device,
-                    progress=not args.quiet,
-                )
-                ckpt = train(cfg)
-            model, meta = load_model(ckpt, device=_device(args.device))
-            entries.append(ModelEntry(label, model, meta, {"train_dir": str(run_dir)}))
-    return entries
-
-
-def _device(name: str) -> torch.device:
-    from evalkit.utils.device import resolve_device
-
-    return resolve_device(name)
-
-
-def build_parser() -> argparse.ArgumentParser:
+@register_analysis(
+    "pooling",
+    description="robust accuracy and pooled-feature change vs feature-map size, avg vs max pool",
+)
+def pooling(
+    inputs: AnalysisInputs,
+    *,
+    steps: int = 20,
+    step_size: float | str | None = None,
+) -> pd.DataFrame:
+    """Map size, pooling type, clean/PGD-``steps`` accuracy (step eps/4 by default) and the
+    pooled-feature change of each model; models that differ in strides/upsample/pool are
+    trained by the pipelines (:func:`evalkit.pipelines.pooling.train_pooling_grid`)."""
     from evalkit.utils.parse import parse_eps
 
-    p = argparse.ArgumentParser(
-        prog="python -m analysis.pooling",
-        description="Train a grid of models differing in feature-map size before the final pooling "
-        "(stage strides and in-model upsampling) and pooling type (avg/max), then plot "
-        "robust accuracy and the pooled-feature change vs map size. The defaults are a "
-        "CPU-scale version (smallcnn on the bundled Fashion-MNIST, about 11 CPU-minutes).",
+    if steps < 1:
+        raise EvalkitError(f"steps must be positive (got {steps})")
+    return run_pooling_eval(
+        inputs.models,
+        inputs.x,
+        inputs.y,
+        inputs.out,
+        eps=single_eps(inputs.eps),
+        steps=steps,
+        step_size=None if step_size is None else parse_eps(step_size),
+        batch_size=inputs.batch_size,
+        seed=inputs.seed,
+        device=inputs.device,
+        show_progress=inputs.progress,
+        extra_params={"data": inputs.data_label},
     )
-    p.add_argument(
-        "--out", required=True, help="output folder (models/, pooling.png, analysis.json)"
-    )
-    p.add_argument(
-        "--configs",
-        default="1222,1221,1221@2",
-        help="STRIDES[@UPSAMPLE] list; smallcnn on 28x28: 1222->4x4, 1221->7x7, 1221@2->14x14, "
-        "1111->28x28 (default: the first three; 1111 costs several times more)",
-    )
-    p.add_argument("--pools", default="avg,max", help="pooling types (default avg,max)")
-    p.add_argument("--arch", default="smallcnn")
-    p.add_argument("--dataset", default="fashion-mnist-mini")
-    p.add_argument("--width", type=int, default=8, help="smallcnn base width (default 8 for CPU)")
-    p.add_argument("--defense", default="at", help="training SPEC (default at: PGD-AT)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--n-train", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument(
-        "--train-eps",
-        type=parse_eps,
-        default=parse_eps("8/255"),
-        help="training eps (default 8/255)",
-    )
-    p.add_argument(
-        "--attack-steps", type=int, default=3, help="PGD steps in training (default 3, step eps/4)"
-    )
-    p.add_argument(
-        "--eps", type=parse_eps, default=parse_eps("8/255"), help="evaluation eps (default 8/255)"
-    )
-    p.add_argument(
-        "--steps", type=int, default=10, help="evaluation PGD steps (default 10, step eps/4)"
-    )
-    p.add_argument("--n", type=int, default=500, help="test examples to evaluate (default 500)")
-    p.add_argument(
-        "--train-dir", default=None, help="where the grid's checkpoints go (default OUT/models)"
-    )
-    p.add_argument(
-        "--no-reuse",
-        dest="reuse",
-        action="store_false",
-        help="retrain even when a checkpoint for a configuration exists",
-    )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Train the grid and run the study; prints the finding."""
-    from evalkit.data import load_split
-    from evalkit.utils.seeding import seed_everything
-
-    args = build_parser().parse_args(argv)
-    try:
-        seed_everything(args.seed)
-        entries = train_grid(args)
-        test = load_split(args.dataset, "test").first(args.n)
-        x, y = test.float_batch(slice(None)), test.y
-        df = run_pooling_eval(
-            entries,
-            x,
-            y,
-            args.out,
-            eps=args.eps,
-            steps=args.steps,
-            seed=args.seed,
-            device=_device(args.device),
-            show_progress=not args.quiet,
-            extra_params={
-                "train": {k: v for k, v in vars(args).items() if k != "out"},
-                "data": args.dataset,
-            },
-        )
-    except EvalkitError as exc:
-        print(f"analysis.pooling: error: {exc}", file=sys.stderr)
-        return 2
-    cols = [
-        "model",
-        "pool",
-        "map_size",
-        "clean_accuracy",
-        "robust_accuracy",
-        "pooled_change_rel",
-        "pooling_ratio",
-    ]
-    print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"wrote {Path(args.out) / 'analysis.json'}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def _slug(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
 
 
 __all__ = [
     "change_stats",
     "evaluate_entry",
-    "main",
     "pool_kind",
     "pooled_features",
+    "pooling",
     "run_pooling_eval",
 ]

@@ -25,16 +25,43 @@ from analysis.common import (
     attack_loss_for,
     craft_adversarial,
     model_label,
+    predict,
     progress,
     unique_labels,
 )
 from analysis.io import AnalysisWriter
+from evalkit.analyses import AnalysisInputs, eps_list, register_analysis
 from evalkit.attacks.eot import eot_loss
 from evalkit.defenses.context import is_stochastic
 from evalkit.errors import EvalkitError
 from evalkit.utils.seeding import derive_seed
 
 DEFAULT_EOT = (1, 2, 5, 10, 20)
+
+
+def _add_points(
+    points: list[dict[str, Any]] | None,
+    label: str,
+    model: str,
+    eps_label: str,
+    eps: float,
+    eot: int,
+    hit: torch.Tensor,
+) -> None:
+    if points is None:
+        return
+    for i, ok in enumerate(hit.tolist()):
+        points.append(
+            {
+                "checkpoint": label,
+                "model": model,
+                "eps_label": eps_label,
+                "eps": eps,
+                "eot": eot,
+                "index": i,
+                "correct": int(ok),
+            }
+        )
 
 
 def sap_rows(
@@ -53,8 +80,11 @@ def sap_rows(
     seed: int,
     device: Any,
     show_progress: bool,
+    points: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Accuracy rows for one checkpoint: (eps, EOT n, dense|sap)."""
+    """Accuracy rows for one checkpoint: (eps, EOT n, dense|sap). With ``points`` given, one
+    record per (row, test point) is appended to it: ``index`` (position in ``x``) and
+    ``correct`` (0/1), so judges can pair models over the same points."""
     if not is_stochastic(sap):
         raise EvalkitError(
             f"{label}: the SAP version is not stochastic (is the sap plugin available?)"
@@ -79,8 +109,10 @@ def sap_rows(
             device=device,
             show_progress=False,
         )
-        acc = accuracy(dense, adv, y, batch_size=batch_size, device=device)
+        hit = predict(dense, adv, batch_size=batch_size, device=device) == y
+        acc = float(hit.float().mean()) if len(y) else float("nan")
         for n in eot:
+            _add_points(points, label, "dense", eps_label, eps, n, hit)
             rows.append(
                 {
                     "checkpoint": label,
@@ -111,7 +143,9 @@ def sap_rows(
             device=device,
             show_progress=False,
         )
-        acc = accuracy(sap, adv, y, batch_size=batch_size, device=device, samples=eval_samples)
+        hit = predict(sap, adv, batch_size=batch_size, device=device, samples=eval_samples) == y
+        acc = float(hit.float().mean()) if len(y) else float("nan")
+        _add_points(points, label, "sap", eps_label, eps, n, hit)
         rows.append(
             {
                 "checkpoint": label,
@@ -142,13 +176,19 @@ def run_sap_eot_study(
     seed: int = 0,
     device: Any = "cpu",
     show_progress: bool = True,
+    labels: list[str] | None = None,
+    extra_params: dict[str, Any] | None = None,
 ) -> Path:
-    """``pairs`` = (checkpoint path, dense model, SAP model, CheckpointMeta or None) per checkpoint."""
+    """``pairs`` = (checkpoint path, dense model, SAP model, CheckpointMeta or None) per
+    checkpoint; ``labels`` name them (default: from the paths)."""
     from analysis import plots
 
     writer = AnalysisWriter(out, "sap-eot")
-    labels = unique_labels([model_label(p[0]) for p in pairs])
+    if labels is not None and len(labels) != len(pairs):
+        raise ValueError(f"{len(labels)} labels for {len(pairs)} checkpoints")
+    labels = unique_labels(labels or [model_label(p[0]) for p in pairs])
     rows: list[dict[str, Any]] = []
+    points: list[dict[str, Any]] = []
     for label, (_, dense, sap, _) in zip(labels, pairs):
         rows += sap_rows(
             label,
@@ -165,9 +205,16 @@ def run_sap_eot_study(
             seed=seed,
             device=device,
             show_progress=show_progress,
+            points=points,
         )
     df = pd.DataFrame(rows)
     writer.table(df, "sap_eot", "robust accuracy per checkpoint, eps, EOT samples, dense vs SAP")
+    writer.table(
+        pd.DataFrame(points),
+        "sap_eot_points",
+        "per test point (index = position in the evaluated data): correct after the attack, "
+        "per checkpoint, eps, EOT samples, dense vs SAP",
+    )
     scalars: dict[str, Any] = {}
     findings = []
     for label in labels:
@@ -214,6 +261,7 @@ def run_sap_eot_study(
             "eval_samples": eval_samples,
             "n_examples": int(len(x)),
             "seed": seed,
+            **(extra_params or {}),
         },
         scalars=scalars,
         finding="; ".join(findings),
@@ -224,3 +272,57 @@ def run_sap_eot_study(
         ],
     )
     return writer.out / "analysis.json"
+
+
+@register_analysis(
+    "sap-eot",
+    description="accuracy dense and with SAP under PGD with 1..20 EOT samples per step, per eps",
+)
+def sap_eot(
+    inputs: AnalysisInputs,
+    *,
+    eot: list[int] | tuple[int, ...] | str = DEFAULT_EOT,
+    steps: int = 20,
+    step_size: float | str | None = None,
+    eval_samples: int = 10,
+) -> Path:
+    """Each checkpoint dense and with SAP added at load, under PGD-``steps`` (step eps/4 by
+    default) with each EOT count, at each eps (default ``2/255,4/255,8/255``). Needs checkpoint
+    paths (the SAP version is loaded from them). Returns the ``analysis.json`` path."""
+    from evalkit.utils.parse import parse_eps
+
+    if isinstance(eot, str):
+        try:
+            eot = [int(t) for t in eot.split(",") if t.strip()]
+        except ValueError:
+            raise EvalkitError(
+                f"eot {eot!r} must be comma-separated integers, e.g. 1,2,5"
+            ) from None
+    eots = [int(e) for e in eot]
+    if not eots or min(eots) < 1:
+        raise EvalkitError("eot needs positive integers, e.g. 1,2,5,10,20")
+    if steps < 1 or eval_samples < 1:
+        raise EvalkitError("steps and eval_samples must be positive")
+    if inputs.model_options.get("defense"):
+        raise EvalkitError("sap-eot loads each checkpoint dense and with SAP itself; drop defense")
+    pairs = []
+    for i, entry in enumerate(inputs.models):
+        sap = inputs.reload(i, defense="sap")
+        pairs.append((inputs.sources[i], entry.model, sap, entry.meta))
+    return run_sap_eot_study(
+        pairs,
+        inputs.x,
+        inputs.y,
+        inputs.out,
+        eps_list=eps_list(inputs.eps, "2/255,4/255,8/255"),
+        eot=eots,
+        steps=steps,
+        step_size=None if step_size is None else parse_eps(step_size),
+        eval_samples=eval_samples,
+        batch_size=inputs.batch_size,
+        seed=inputs.seed,
+        device=inputs.device,
+        show_progress=inputs.progress,
+        labels=[e.label for e in inputs.models],
+        extra_params={"data": inputs.data_label},
+    )

@@ -26,8 +26,15 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``evalkit CMD: error: ...``, exit 2), like EvalkitError."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(load_all: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="evalkit",
         description="Train adversarially robust image classifiers, attack them, and explain the results.",
     )
@@ -56,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # only import the module of the command being run
     command = next((a for a in argv if not a.startswith("-")), None)
     if command in COMMANDS:
-        parser = argparse.ArgumentParser(prog="evalkit")
+        parser = OneLineParser(prog="evalkit")
         sub = parser.add_subparsers(dest="command")
         module = _command_module(command)
         if module is None:

@@ -19,6 +19,10 @@ from analysis.channels import (
     normalized_entropy,
     run_channel_study,
     spatial_means,
+    spearman,
+    tail_channels,
+    tail_share,
+    tail_share_crossfit,
 )
 from analysis.common import ModelEntry, craft_adversarial
 from analysis.hooks import capture, default_layer, layer_output
@@ -115,6 +119,47 @@ def test_uniformity_measures():
     assert gini([0, 0, 9, 0]) == pytest.approx(0.75)
     assert normalized_entropy([1, 2, 3, 4]) < 1.0
     assert 0 < gini([1, 2, 3, 4]) < 0.75
+
+
+def test_tail_share_sees_the_paper_signature_that_entropy_misses():
+    """Natural counts concentrated on the first half of the channels, adversarial counts
+    flatter and larger on the tail (CAS Figure 2): entropy ~0.99 for both, tail_share clearly
+    positive; identical distributions give 0."""
+    c = 64
+    nat = np.r_[np.full(c // 2, 100.0), np.full(c // 2, 60.0)]
+    adv = np.r_[np.full(c // 2, 90.0), np.full(c // 2, 85.0)]
+    e_nat, e_adv = normalized_entropy(nat), normalized_entropy(adv)
+    assert e_nat > 0.99 and e_adv > 0.99 and abs(e_adv - e_nat) < 0.01
+    # tail = the 32 channels natural images use least: 85/175 of adversarial vs 60/160 natural
+    assert tail_share(nat, adv) == pytest.approx(85 / 175 - 60 / 160)
+    assert tail_share(nat, adv) > 0.1
+    assert tail_share(nat, nat) == 0.0
+    assert tail_share(nat, nat * 3) == pytest.approx(0.0)
+    # the order is kept, so the rank correlation stays 1: it measures a different thing
+    assert spearman(nat, adv) == pytest.approx(1.0)
+    assert spearman(nat, nat[::-1]) == pytest.approx(-1.0)
+    assert tail_channels(nat).tolist() == [False] * 32 + [True] * 32
+    with pytest.raises(ValueError):
+        tail_share(nat, adv[:-1])
+
+
+def test_tail_share_crossfit_is_unbiased_under_no_effect():
+    rng = np.random.default_rng(0)
+    n, c = 400, 32
+    p = np.linspace(0.2, 0.8, c)  # channels differ in how often they are active
+    nat = (rng.random((n, c)) < p).astype(float)
+    adv = (rng.random((n, c)) < p).astype(float)  # same distribution, independent draws
+    naive = tail_share(nat.sum(0), adv.sum(0))
+    fit = float(tail_share_crossfit(nat, adv)[0])
+    assert abs(fit) < 0.01
+    # the same counts for ranking and measuring favour a positive value (noise picks the tail)
+    flat = (rng.random((n, c)) < 0.5).astype(float), (rng.random((n, c)) < 0.5).astype(float)
+    assert tail_share(flat[0].sum(0), flat[1].sum(0)) > abs(float(tail_share_crossfit(*flat)[0]))
+    assert naive > -0.01
+    # a real shift onto the tail is seen; weights give one value per row
+    shifted = (rng.random((n, c)) < p[::-1] * 0.5 + 0.25).astype(float)
+    assert float(tail_share_crossfit(nat, shifted)[0]) > 0.05
+    assert tail_share_crossfit(nat, adv, weights=np.ones((3, n))).shape == (3,)
 
 
 def test_adversarial_examples_stay_in_the_ball(data):

@@ -1,17 +1,16 @@
-"""Invariants and behaviour of evalkit's attack library: eps ball and [0, 1] for every
-registered attack (property test), registry errors, mode handling, restarts, targeted PGD,
-EOT and randomness detection."""
+"""Behaviour of evalkit's attack library: lookup errors, mode handling, restarts, targeted PGD,
+EOT and randomness detection. (Registry and eps-ball property tests: test_attack_registry.py;
+best iterate and early stop: test_best_iterate.py.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from evalkit.attacks import (
     attack_mode,
+    autoattack,
     eot_loss,
     get_attack,
     is_model_random,
@@ -19,6 +18,7 @@ from evalkit.attacks import (
     needs_eot,
     pgd,
 )
+from evalkit.attacks.autoattack import build_autoattack
 from evalkit.errors import EvalkitError
 
 
@@ -28,46 +28,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-# Every registered attack with options small enough for a property test.
-FAST = {
-    "fgsm": ("linf", {}),
-    "pgd": ("linf", {"steps": 3}),
-    "pgd-l2": ("l2", {"steps": 3}),
-    "cw": ("linf", {"steps": 3}),
-    "cw_l2": ("l2", {"steps": 5, "binary_search_steps": 2}),
-    "autoattack": (
-        "linf",
-        {"version": "custom", "attacks": ["apgd-ce"], "n_iter": 3, "n_restarts": 1},
-    ),
-    "square": ("linf", {"n_queries": 10}),
-    "foolbox:LinfPGD": ("linf", {"steps": 3}),
-}
-
-
-@pytest.mark.parametrize("entry", sorted(FAST))
-@settings(
-    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(eps=st.floats(0.004, 0.5), seed=st.integers(0, 2**31 - 1), edges=st.booleans())
-def test_every_attack_stays_in_eps_ball_and_unit_range(atk_smallcnn, entry, eps, seed, edges):
-    norm, options = FAST[entry]
-    name = entry.split("-")[0]
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(3, 1, 28, 28, generator=gen)
-    if edges:  # saturated pixels, where clipping and projection interact
-        x = (x > 0.5).float()
-    y = torch.randint(0, 10, (3,), generator=gen)
-    if norm == "l2":
-        eps = eps * 10
-    x_adv = get_attack(name).fn(atk_smallcnn, x, y, eps, norm=norm, generator=gen, **options)
-    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
-    assert torch.isfinite(x_adv).all()
-    assert x_adv.min() >= 0 and x_adv.max() <= 1
-    delta = (x_adv - x).flatten(1)
-    size = delta.abs().max(1).values if norm == "linf" else delta.norm(dim=1)
-    assert size.max() <= eps + 1e-6
 
 
 def test_unknown_attack_lists_known_ones():
@@ -89,26 +49,9 @@ def test_unknown_foolbox_attack_is_one_line_error():
 def test_wrong_norm_is_user_error(atk_model, atk_data):
     x, y = atk_data
     with pytest.raises(EvalkitError, match="norm"):
-        get_attack("fgsm").fn(atk_model, x[:2], y[:2], 0.1, norm="l2")
+        get_attack("fgsm").run(atk_model, x[:2], y[:2], eps=0.1, norm="l2")
     with pytest.raises(EvalkitError, match="norm"):
-        get_attack("foolbox:LinfPGD").fn(atk_model, x[:2], y[:2], 0.1, norm="l2")
-
-
-def test_registry_defaults_are_applied_and_overridable(atk_model, atk_data):
-    x, y = atk_data
-    spec = get_attack("pgd")
-    assert spec.defaults == {"steps": 20, "random_start": True, "restarts": 1}
-    calls = []
-
-    def counting_loss(model, xs, ys):
-        calls.append(1)
-        return make_loss("ce")(model, xs, ys)
-
-    spec.fn(atk_model, x[:4], y[:4], 0.1, loss=counting_loss)
-    assert len(calls) == 20
-    calls.clear()
-    spec.fn(atk_model, x[:4], y[:4], 0.1, loss=counting_loss, steps=3)
-    assert len(calls) == 3
+        get_attack("foolbox:LinfPGD").run(atk_model, x[:2], y[:2], eps=0.1, norm="l2")
 
 
 def test_attack_mode_sets_eval_and_restores_everything():
@@ -200,11 +143,11 @@ def test_same_generator_same_result(atk_model, atk_data):
         ("square", {"n_queries": 20}),
         ("foolbox:LinfPGD", {"steps": 2}),
     ):
-        a = get_attack(name).fn(
-            atk_model, x[:8], y[:8], 0.1, generator=torch.Generator().manual_seed(9), **opts
+        a = get_attack(name).run(
+            atk_model, x[:8], y[:8], eps=0.1, generator=torch.Generator().manual_seed(9), **opts
         )
-        b = get_attack(name).fn(
-            atk_model, x[:8], y[:8], 0.1, generator=torch.Generator().manual_seed(9), **opts
+        b = get_attack(name).run(
+            atk_model, x[:8], y[:8], eps=0.1, generator=torch.Generator().manual_seed(9), **opts
         )
         assert torch.equal(a, b), name
 
@@ -301,6 +244,107 @@ def test_pgd_with_eot_beats_single_sample_on_stochastic_model():
 def test_unknown_option_is_user_error_naming_the_options(atk_model, atk_data):
     x, y = atk_data
     with pytest.raises(EvalkitError, match="no option stesp.*steps"):
-        get_attack("pgd").fn(atk_model, x[:2], y[:2], 0.1, stesp=3)
+        get_attack("pgd").run(atk_model, x[:2], y[:2], eps=0.1, stesp=3)
     with pytest.raises(EvalkitError, match="n_iter"):
-        get_attack("aa").fn(atk_model, x[:2], y[:2], 0.1, iterations=3)
+        get_attack("aa").run(atk_model, x[:2], y[:2], eps=0.1, iterations=3)
+    with pytest.raises(EvalkitError, match="steps"):
+        get_attack("foolbox:LinfPGD").run(atk_model, x[:2], y[:2], eps=0.1, stesp=3)
+
+
+# --- AutoAttack: class counts, EOT on every gradient sub-attack, what ran ------------------
+
+ALL_AA = "apgd-ce,apgd-dlr,apgd-t,fab,fab-t,square"
+QUICK_AA = {"n_iter": 2, "n_restarts": 1, "n_queries": 10, "seed": 0}
+
+
+def _few_class_model(classes: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    with torch.random.fork_rng():
+        torch.manual_seed(classes)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(16, classes)).eval()
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    return net, x, y
+
+
+def test_pyautoattack_itself_crashes_on_two_classes_with_dlr():
+    """Why the adapter skips: pyautoattack indexes the 3rd-largest logit."""
+    from pyautoattack import AutoAttack
+
+    net, x, y = _few_class_model(2)
+    aa = AutoAttack(net, attacks=["apgd-dlr"], version="custom", eps=0.02, seed=0)
+    aa.verbose, aa.apgd.n_iter, aa.apgd.n_restarts = False, 2, 1
+    with pytest.raises(IndexError):
+        aa.run_standard_evaluation(x, y, batch_size=8)
+
+
+@pytest.mark.parametrize(
+    "classes,version,attacks,skipped",
+    [
+        (2, "custom", ALL_AA, {"apgd-dlr", "apgd-t"}),
+        (3, "custom", ALL_AA, {"apgd-t"}),
+        (2, "standard", None, {"apgd-t"}),
+        (3, "plus", None, {"apgd-t"}),
+        (2, "rand", None, {"apgd-dlr"}),
+    ],
+)
+def test_autoattack_skips_what_needs_more_classes_and_says_why(classes, version, attacks, skipped):
+    net, x, y = _few_class_model(classes)
+    report: dict = {}
+    x_adv = autoattack(net, x, y, 0.02, version=version, attacks=attacks, report=report, **QUICK_AA)
+    assert set(report["skipped"]) == skipped
+    assert all(f"the model has {classes}" in why for why in report["skipped"].values())
+    assert not set(report["attacks"]) & skipped and report["attacks"]
+    assert report["ran"] and set(report["ran"]) <= set(report["attacks"])
+    assert report["version"] == version
+    assert (x_adv - x).abs().max() <= 0.02 + 1e-6
+
+
+def test_autoattack_sets_eot_on_every_gradient_sub_attack():
+    std = build_autoattack(NoisyLinear(), 0.1, version="standard", eot_iter=5)
+    assert std.apgd.eot_iter == 5 and std.apgd_targeted.eot_iter == 5
+    plus = build_autoattack(NoisyLinear(), 0.1, version="plus", eot_iter=3)
+    assert plus.apgd.eot_iter == 3 and plus.apgd_targeted.eot_iter == 3
+    rand = build_autoattack(NoisyLinear(), 0.1, version="rand")
+    assert rand.apgd.eot_iter == 20  # pyautoattack's own 'rand' setting is left alone
+    with pytest.raises(EvalkitError, match="eot_iter"):
+        build_autoattack(NoisyLinear(), 0.1, version="rand", eot_iter=0)
+
+
+class Counting(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+        self.stochastic = getattr(inner, "stochastic", False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_apgd_t_really_averages_over_eot_draws_and_the_report_says_so():
+    x = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(1))
+    calls = {}
+    for eot in (1, 4):
+        model = Counting(NoisyLinear(dim=16, classes=4, p=0.7))
+        report: dict = {}
+        autoattack(model, x, y, 0.05, version="custom", attacks="apgd-t", n_iter=3,
+                   eot_iter=eot, seed=0, report=report)  # fmt: skip
+        calls[eot] = model.calls
+        assert report["eot_iter"] == {"apgd-t": eot} and report["ran"] == ["apgd-t"]
+    assert calls[4] > 2 * calls[1]
+    report = {}
+    autoattack(Counting(NoisyLinear(dim=16, classes=4)), x, y, 0.05, version="custom",
+               attacks="apgd-ce,fab-t", eot_iter=3, report=report, **QUICK_AA)  # fmt: skip
+    assert report["eot_iter"] == {"apgd-ce": 3, "fab-t": 1}
+    assert any("FAB has no EOT" in note for note in report["notes"])
+
+
+def test_dlr_loss_refuses_fewer_than_three_classes():
+    logits = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    with pytest.raises(ValueError, match="3 classes.*'cw'"):
+        make_loss("dlr")(lambda x: logits, torch.zeros(2), torch.tensor([0, 1]))
+    three = torch.tensor([[3.0, 1.0, 0.0]])  # -(3 - 1) / (3 - 0)
+    value = make_loss("dlr")(lambda x: three, torch.zeros(1), torch.tensor([0]))
+    torch.testing.assert_close(value, torch.tensor([-2 / 3]))

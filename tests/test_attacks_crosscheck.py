@@ -74,9 +74,9 @@ def _reference_margin_pgd(model, x, y, eps, alpha, steps, start):
 def test_cw_inf_equals_reference_margin_pgd(atk_model, atk_data):
     x, y = atk_data
     spec = get_attack("cw")
-    assert spec.defaults["steps"] == 30 and spec.loss == "cw"
+    assert spec.defaults["steps"] == 30 and spec.base_loss == "cw"
     start = (torch.rand(x.shape, generator=torch.Generator().manual_seed(5)) * 2 - 1) * EPS
-    ours = spec.fn(atk_model, x, y, EPS, norm="linf", loss="cw", init=start)
+    ours = spec.run(atk_model, x, y, eps=EPS, norm="linf", init=start)
     ref = _reference_margin_pgd(atk_model, x, y, EPS, EPS / 4, 30, start)
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
 
@@ -92,11 +92,11 @@ def test_autoattack_adapter_equals_direct_pyautoattack(atk_model, atk_data, caps
     x, y = atk_data
     x, y = x[:32], y[:32]
     fast = {"n_iter": 10, "n_restarts": 1}
-    ours = get_attack("autoattack").fn(
+    ours = get_attack("autoattack").run(
         atk_model,
         x,
         y,
-        EPS,
+        eps=EPS,
         norm="linf",
         version="custom",
         attacks=["apgd-ce", "apgd-dlr"],
@@ -138,11 +138,11 @@ def test_autoattack_keeps_global_rng_and_model_mode(atk_smallcnn, atk_data):
     x, y = atk_data
     atk_smallcnn.train()
     state = torch.get_rng_state()
-    get_attack("aa").fn(
+    get_attack("aa").run(
         atk_smallcnn,
         x[:4],
         y[:4],
-        EPS,
+        eps=EPS,
         version="custom",
         attacks="apgd-ce",
         n_iter=2,
@@ -163,7 +163,7 @@ def test_cw_l2_matches_foolbox_carlini_wagner(atk_model, atk_data):
         keep = atk_model(x).argmax(1) == y
     x, y = x[keep][:16], y[keep][:16]
     opts = {"steps": 100, "binary_search_steps": 4, "initial_const": 1.0}
-    ours = get_attack("cw_l2").fn(atk_model, x, y, float("inf"), norm="l2", **opts)
+    ours = get_attack("cw_l2").run(atk_model, x, y, eps=float("inf"), norm="l2", **opts)
     with torch.no_grad():
         fooled = atk_model(ours).argmax(1) != y
     assert fooled.float().mean() >= 0.9
@@ -176,7 +176,7 @@ def test_cw_l2_matches_foolbox_carlini_wagner(atk_model, atk_data):
     theirs_norm = (theirs - x)[both].flatten(1).norm(dim=1)
     assert abs(ours_norm.median() / theirs_norm.median() - 1) < 0.05
     # with a finite eps the result is projected into the ball
-    bounded = get_attack("cw_l2").fn(
-        atk_model, x, y, 0.5, norm="l2", steps=10, binary_search_steps=1
+    bounded = get_attack("cw_l2").run(
+        atk_model, x, y, eps=0.5, norm="l2", steps=10, binary_search_steps=1
     )
     assert (bounded - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-6

@@ -7,8 +7,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from evalkit.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Two threads on a shared 2-core machine thrash (10x slower); these models are tiny."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``evalkit.cli.main(argv)`` -> (exit code, stripped stderr); argparse errors exit through
+    SystemExit, EvalkitError through the return value: both count."""
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 2
+    return rc, capsys.readouterr().err.strip()
+
+
+def one_line(err: str) -> bool:
+    return len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 def _aa_example_ckpt() -> Path:
@@ -73,48 +97,74 @@ def test_foreign_resnet18_state_dict_evaluates(tmp_path, capsys):
         (["--eps", "1.5"], "eps 1.5 is out of range"),
         (["--eps", "abc"], "cannot read eps"),
         (["--preset", "nosuch"], "unknown preset"),
-        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["--loss", "nosuch"], "loss must be ce, cw or dlr"),
+        (["--norm", "l3"], "norm must be linf or l2"),
+        (["--param", "novalue"], "must be KEY=VALUE"),
     ],
 )
 def test_bad_flags_give_one_line_errors(ev_ckpt, tmp_path, capsys, extra, needle):
-    rc = main(["attack", "--ckpt", ev_ckpt, "--out", str(tmp_path / "r"), "--no-progress", *extra])
-    err = capsys.readouterr().err.strip()
+    argv = ["attack", "--ckpt", ev_ckpt, "--out", str(tmp_path / "r"), "--no-progress", *extra]
+    rc, err = run_cli([*argv, "--device", "cpu"], capsys)
     assert rc == 2
-    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert needle in err and one_line(err), err
+    assert not (tmp_path / "r" / "summary.json").exists()
 
 
 def test_missing_checkpoint(tmp_path, capsys):
-    rc = main(["attack", "--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "checkpoint not found" in err and len(err.splitlines()) == 1
+    argv = ["attack", "--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r")]
+    rc, err = run_cli(argv, capsys)
+    assert rc == 2 and "not found" in err and "nope.pt" in err and one_line(err), err
 
 
 def test_mismatched_data_shape(ev_ckpt, tmp_path, capsys):
     data = tmp_path / "rgb.npz"
     np.savez(data, x=np.zeros((4, 3, 32, 32), np.uint8), y=np.zeros(4, np.int64))
-    rc = main(["attack", "--ckpt", ev_ckpt, "--data", str(data), "--out", str(tmp_path / "r")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "the model expects (1, 28, 28)" in err and len(err.splitlines()) == 1
+    argv = ["attack", "--ckpt", ev_ckpt, "--data", str(data), "--out", str(tmp_path / "r")]
+    rc, err = run_cli([*argv, "--device", "cpu"], capsys)
+    assert rc == 2 and "the model expects (1, 28, 28)" in err and one_line(err), err
 
 
 def test_foreign_state_dict_without_arch(tmp_path, capsys):
-    rc = main(["attack", "--ckpt", str(_aa_example_ckpt()), "--out", str(tmp_path / "r")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "--arch and --dataset" in err and len(err.splitlines()) == 1
+    argv = ["attack", "--ckpt", str(_aa_example_ckpt()), "--out", str(tmp_path / "r")]
+    rc, err = run_cli(argv, capsys)
+    assert rc == 2 and "--arch and --dataset" in err and one_line(err), err
 
 
 def test_existing_out_needs_resume(ev_ckpt, tmp_path, capsys):
     out = tmp_path / "r"
     out.mkdir()
     (out / "summary.json").write_text("{}")
-    rc = main(["attack", "--ckpt", ev_ckpt, "--out", str(out)])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "--resume" in err and "another --out" in err
+    rc, err = run_cli(["attack", "--ckpt", ev_ckpt, "--out", str(out), "--device", "cpu"], capsys)
+    assert rc == 2 and "resume it" in err and "another out" in err and one_line(err), err
+    assert (out / "summary.json").read_text() == "{}"  # nothing overwritten
+
+
+def test_resume_needs_out(ev_ckpt, capsys):
+    rc, err = run_cli(["attack", "--ckpt", ev_ckpt, "--resume"], capsys)
+    assert rc == 2 and "--resume needs --out" in err and one_line(err), err
+
+
+def test_no_model_given(capsys):
+    rc, err = run_cli(["attack", "--n", "4"], capsys)
+    assert rc == 2 and "--ckpt" in err and one_line(err), err
 
 
 def test_help_explains_the_protocol(capsys):
     with pytest.raises(SystemExit):
         main(["attack", "--help"])
     text = capsys.readouterr().out
-    for word in ("PGD-20", "AutoAttack", "compaction", "--resume", "torchrun", "--preset"):
-        assert word in text
+    for word in (
+        "PGD-20",
+        "AutoAttack",
+        "compaction",
+        "--resume",
+        "torchrun",
+        "--preset",
+        "--mc-draws",
+        "--param",
+        "--force-normalize",
+        "docs/protocol.md",
+    ):
+        assert word in text, word
+    assert "DESIGN.md" not in text  # help points into the repository's docs only

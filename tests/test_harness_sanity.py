@@ -1,5 +1,6 @@
 """Sanity checks: each must stay silent on an honest model and fire on a model built to fool
-gradient attacks (gradients cut by a detach, or outputs that change on every call)."""
+gradient attacks (gradients cut by a detach, or outputs that change on every call); together
+they stay within their budget, and a check that cannot fit says so."""
 
 from __future__ import annotations
 
@@ -7,12 +8,23 @@ import pytest
 import torch
 import torch.nn as nn
 
+from evalkit.attacks.eot import is_model_random
 from evalkit.attacks.losses import make_loss
-from evalkit.attacks.registry import ATTACKS
 from evalkit.checkpoint import load_model
 from evalkit.data import load_split
+from evalkit.evaluation import evaluate
 from evalkit.evaluation import sanity as S
-from evalkit.evaluation.compat import is_model_random
+from evalkit.evaluation.protocol import ModelTraits
+
+QUIET = {"progress": False, "echo": False, "device": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 class Detached(nn.Module):
@@ -42,32 +54,41 @@ def honest(ev_ckpt):
     x, y = data.float_batch(slice(0, 200)), data.y
     with torch.no_grad():
         ok = model(x).argmax(1) == y
-    return model, x[ok][:32], y[ok][:32]
+    return model, x[ok][:64], y[ok][:64]
 
 
 def test_gradient_check(honest):
     model, x, y = honest
-    assert S.check_gradients(model, x, y, make_loss("ce")) == []
-    flags = S.check_gradients(Detached(model), x, y, make_loss("ce"))
+    assert S.check_gradients(model, x[:32], y[:32], make_loss("ce")) == []
+    flags = S.check_gradients(Detached(model), x[:32], y[:32], make_loss("ce"))
     assert [f["id"] for f in flags] == ["zero_gradients"] and flags[0]["severity"] == "warning"
 
 
 def test_huge_eps_check(honest):
     model, x, y = honest
+    x, y = x[:32], y[:32]
     assert S.check_huge_eps(model, x, y, make_loss("ce"), 10, seed=0) == []
     flags = S.check_huge_eps(Detached(model), x, y, make_loss("ce"), 10, seed=0)
     assert flags and flags[0]["id"] == "accuracy_above_chance_at_huge_eps"
     assert flags[0]["accuracy"] > 0.1
 
 
-def test_square_beats_masked_white_box(honest):
+def test_square_probe_beats_masked_white_box_and_counts(honest):
+    """Every white-box attack fails on the masked model; the Square probe does not, and its
+    breaks are counted in the worst case (issue 10: they used to be a warning only)."""
     model, x, y = honest
-    masked = Detached(model)
-    # every white-box attack fails on the masked model; Square (queries only) does not
-    flags = S.check_square(
-        masked, x[:12], y[:12], "24/255", 24 / 255, "linf", seed=0, registry=ATTACKS, n_queries=100
-    )
-    assert flags and flags[0]["id"] == "black_box_beats_white_box"
+    result = evaluate(Detached(model), (x, y), attacks="fgsm,pgd", eps="24/255", seed=0, **QUIET)
+    summary, df = result.summary, result.examples
+    ids = [f["id"] for f in summary["flags"]]
+    assert "black_box_beats_white_box" in ids and "zero_gradients" in ids
+    probe = [r for r in summary["results"] if r["attack"] == "square-probe"]
+    assert len(probe) == 1 and probe[0]["probe"] is True and probe[0]["n_broken"] > 0
+    by_probe = df["worst@24/255:broken_by"] == "square-probe"
+    assert int(by_probe.sum()) == probe[0]["n_broken"]
+    assert (df.loc[by_probe, "square-probe@24/255:p"] == 0).all()
+    white = next(r for r in summary["results"] if r["attack"] == "pgd-20")
+    assert summary["worst_case"][0]["n_robust"] == white["n_robust"] - probe[0]["n_broken"]
+    assert summary["worst_case"][0]["broken_by"]["square-probe"] == probe[0]["n_broken"]
 
 
 def test_randomness_probe():
@@ -76,6 +97,19 @@ def test_randomness_probe():
     x = torch.rand(4, 1, 28, 28)
     assert not is_model_random(net, x)
     assert is_model_random(Noisy(net), x)
+
+
+def test_randomness_and_nonfinite_flags():
+    assert S.randomness_flags(ModelTraits(), 1) == []
+    declared = S.randomness_flags(ModelTraits(stochastic=True), 20)
+    assert declared[0]["id"] == "randomness_detected" and declared[0]["severity"] == "info"
+    found = S.randomness_flags(ModelTraits(random_detected=True), 20)
+    assert found[0]["severity"] == "warning" and "20 passes" in found[0]["message"]
+    clean = {"nonfinite_clean_logits": 0, "results": [{"nonfinite_logits": 0}]}
+    assert S.nonfinite_flags(clean) == []
+    bad = {"nonfinite_clean_logits": 2, "results": [{"nonfinite_logits": 1}]}
+    flag = S.nonfinite_flags(bad)[0]
+    assert flag["id"] == "nonfinite_logits" and "counted as wrong" in flag["message"]
 
 
 def test_eps_monotone_check():
@@ -95,22 +129,50 @@ def test_eps_monotone_check():
     assert S.check_eps_monotone(bad)[0]["id"] == "accuracy_not_falling_with_eps"
 
 
-def test_sanity_flags_in_a_real_run(ev_ckpt, monkeypatch):
-    """End to end with sanity on: an honest model gets no warnings, and the run records it."""
-    from evalkit.evaluation import EvalConfig, evaluate
+def test_ball_violation_check():
+    summary = {"results": [{"attack": "x", "eps": "8/255", "ball_violations": 3}]}
+    assert S.check_ball_violations(summary)[0]["severity"] == "error"
+    assert S.check_ball_violations({"results": [{"ball_violations": 0}]}) == []
 
-    monkeypatch.setattr(S, "SQUARE_QUERIES", 50)  # keep the Square probe cheap in tests
-    monkeypatch.setattr(S, "SQUARE_N", 8)
-    summary = evaluate(
-        EvalConfig(
-            ckpt=ev_ckpt,
-            attacks="fgsm",
-            eps="8/255",
-            n=24,
-            batch_size=24,
-            progress=False,
-            echo=False,
-        )
-    )
+
+def test_sanity_flags_in_a_real_run(ev_ckpt):
+    """End to end with sanity on: an honest model gets no warnings, the run records the checks'
+    cost within its share, and the probe's budget is respected."""
+    result = evaluate(ev_ckpt, attacks="fgsm,pgd", eps="8/255", n=48, batch_size=24, **QUIET)
+    summary = result.summary
     assert summary["protocol"]["sanity"] is True
     assert [f for f in summary["flags"] if f["severity"] != "info"] == []
+    cost = summary["cost"]["sanity"]
+    assert cost["limit_share"] == S.BUDGET_SHARE == 0.25
+    assert 0 < cost["propagations"] and cost["share_of_protocol"] <= 0.25
+    proto = summary["cost"]["protocol"]
+    assert cost["propagations"] <= 0.25 * (proto["forward_passes"] + proto["backward_passes"])
+
+
+def test_a_check_that_cannot_fit_says_so(ev_ckpt):
+    """A protocol too cheap to pay for the checks gets an info flag per check, not silence."""
+    summary = evaluate(ev_ckpt, attacks="fgsm", eps="8/255", n=4, batch_size=4, **QUIET).summary
+    over = [f for f in summary["flags"] if f["id"] == "sanity_check_over_budget"]
+    assert over, summary["flags"]
+    assert {f["check"] for f in over} <= {"gradient", "huge-eps PGD", "Square probe"}
+    assert all("did not run" in f["message"] for f in over)
+    assert summary["cost"]["sanity"]["share_of_protocol"] <= 0.25
+
+
+def test_no_sanity_records_that_it_was_off(ev_ckpt):
+    summary = evaluate(ev_ckpt, attacks="fgsm", n=8, sanity=False, **QUIET).summary
+    assert summary["protocol"]["sanity"] is False
+    assert summary["cost"]["sanity"]["propagations"] == 0
+    assert not [r for r in summary["results"] if r["probe"]]
+
+
+def test_each_probe_is_one_result_per_eps(ev_ckpt):
+    """The Square probe runs once per eps and appears once per eps in results and the table."""
+    result = evaluate(ev_ckpt, attacks="fgsm,pgd", eps="2/255,8/255", n=48, batch_size=16, **QUIET)
+    summary = result.summary
+    pairs = [(r["attack"], r["eps"]) for r in summary["results"]]
+    assert len(pairs) == len(set(pairs)), pairs
+    probes = [r for r in summary["results"] if r["probe"]]
+    assert sorted(r["eps"] for r in probes) == ["2/255", "8/255"]
+    table = repr(result)
+    assert table.count("square-probe (probe)") == 2

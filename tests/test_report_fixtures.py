@@ -181,7 +181,7 @@ def make_real_run(
     checkpoint would carry it); ``folder`` names the checkpoint's directory."""
     import torch
 
-    from evalkit.evaluation import EvalConfig, evaluate
+    from evalkit.evaluation import evaluate
     from evalkit.training import TrainConfig, train
 
     ckpt = train(
@@ -206,20 +206,18 @@ def make_real_run(
         torch.save(obj, ckpt)
     out = root / name
     evaluate(
-        EvalConfig(
-            ckpt=ckpt,
-            n=n,
-            attacks=["fgsm", "pgd"],
-            preset="fast",
-            eps=list(eps),
-            defense=defense,
-            out=out,
-            device="cpu",
-            progress=False,
-            echo=False,
-            seed=3,
-            eot=2 if defense == "sap" else None,
-        )
+        ckpt,
+        n=n,
+        attacks=["fgsm", "pgd"],
+        preset="fast",
+        eps=list(eps),
+        defense=defense,
+        out=out,
+        device="cpu",
+        progress=False,
+        echo=False,
+        seed=3,
+        eot=2 if defense == "sap" else None,
     )
     return out
 

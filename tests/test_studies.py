@@ -4,66 +4,56 @@ import json
 
 import pytest
 
-from analysis.studies import STUDIES, scale_for
-from analysis.studies.judges import _trend
-from analysis.studies.spec import VERDICTS, StudyContext
+from analysis.studies.spec import VERDICTS
 from evalkit.cli import main
+from evalkit.pipelines.studies import STUDIES, scale_for
 
 
 def test_catalog_covers_the_five_findings():
     assert set(STUDIES) == {"channels", "cas-cifs", "he", "sap-eot", "pooling"}
     for study in STUDIES.values():
-        assert study.claims and set(study.scales) == {"cpu", "gpu"}
+        assert study.claims and set(study.scales) == {"cpu", "medium", "gpu"}
 
 
-@pytest.mark.parametrize("scale", ["cpu", "gpu"])
-def test_every_step_is_a_valid_command(tmp_path, scale):
-    """Each study's commands parse with the real CLI parsers (no typos in flags)."""
-    import argparse
+def test_scale_overrides_and_errors():
+    s = scale_for("cpu", epochs=2, seeds=[3, 4, 5], data_root="/data")
+    assert (s.epochs, s.seeds, s.data_root) == (2, (3, 4, 5), "/data")
+    from evalkit.errors import EvalkitError
 
-    from evalkit.cli import _command_module
-
-    s = scale_for(scale)
-    for study in STUDIES.values():
-        ctx = StudyContext(
-            out=tmp_path / study.name, models_dir=tmp_path / "models", scale=s, device="cpu", seed=0
-        )
-        for argv in study.evaluations(ctx) + study.analyses(ctx):
-            if argv[0] == "python":
-                import importlib
-
-                importlib.import_module(argv[1]).build_parser().parse_args(argv[2:])
-                continue
-            parser = argparse.ArgumentParser()
-            sub = parser.add_subparsers()
-            _command_module(argv[0]).add_parser(sub)
-            parser.parse_args(argv)
+    with pytest.raises(EvalkitError, match="unknown scale"):
+        scale_for("tpu")
+    with pytest.raises(EvalkitError, match="distinct"):
+        scale_for("cpu", seeds=[1, 1])
 
 
-def test_trend_is_rank_correlation():
-    assert _trend([(1, 0.1), (2, 0.2), (3, 0.3)]) == pytest.approx(1.0)
-    assert _trend([(1, 0.3), (2, 0.2), (3, 0.1)]) == pytest.approx(-1.0)
+def test_unknown_study_is_one_line(capsys):
+    assert main(["study", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown study 'nope'" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.slow
 def test_smallest_study_end_to_end(tmp_path):
-    code = main(
-        [
-            "study",
-            "sap-eot",
-            "--scale",
-            "cpu",
-            "--epochs",
-            "2",
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-        ]
-    )
-    assert code == 0
+    argv = ["study", "sap-eot", "--scale", "cpu", "--epochs", "1", "--seeds", "0,1"]
+    argv += ["--out", str(tmp_path), "--device", "cpu"]
+    assert main(argv) == 0
     out = tmp_path / "sap-eot"
-    findings = json.loads((out / "findings.json").read_text())["findings"]
-    assert len(findings) == 2 and all(f["verdict"] in VERDICTS for f in findings)
+    doc = json.loads((out / "findings.json").read_text())
+    assert len(doc["findings"]) == 2 and all(f["verdict"] in VERDICTS for f in doc["findings"])
+    assert doc["seeds"] == [0, 1] and doc["steps_reused"] == 0
+    assert all(s["wall_time_s"] > 0 for s in doc["steps"])
     assert (out / "report.html").stat().st_size > 10_000
-    assert "SAP" in (out / "FINDINGS.md").read_text()
+    md = (out / "FINDINGS.md").read_text()
+    assert "SAP" in md and "evalkit train --dataset fashion-mnist-mini" in md
+    # a rerun reuses every step and reports the times measured when they were computed
+    assert main(argv) == 0
+    again = json.loads((out / "findings.json").read_text())
+    assert again["steps_reused"] == again["steps_total"]
+    assert [s["wall_time_s"] for s in again["steps"]] == [s["wall_time_s"] for s in doc["steps"]]
+
+
+def test_publishing_needs_three_training_seeds(tmp_path, capsys):
+    argv = ["study", "he", "--seeds", "0,1", "--out", str(tmp_path), "--publish", str(tmp_path)]
+    assert main(argv) == 2
+    assert "at least 3 training seeds" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any step ran

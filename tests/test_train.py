@@ -9,7 +9,9 @@ import torch
 
 from evalkit.checkpoint import load_model
 from evalkit.cli import main
+from evalkit.errors import EvalkitError
 from evalkit.training import TrainConfig, train
+from evalkit.training.api import train as api_train
 
 QUICK = dict(
     dataset="fashion-mnist-mini",
@@ -179,3 +181,76 @@ def test_warm_start_from_another_checkpoint(tmp_path):
         ]
     )
     assert code == 2
+
+
+# ---------------------------------------------------------------------- Python API
+
+
+def test_api_train_returns_a_finished_checkpoint(tmp_path):
+    from evalkit.checkpoint import read_checkpoint_file, read_meta
+    from evalkit.training.api import training_complete
+
+    path = api_train(
+        dataset="fashion-mnist-mini",
+        arch="smallcnn",
+        epochs=1,
+        out=tmp_path / "m",
+        width=8,
+        n_train=128,
+        val_size=0,
+        batch_size=64,
+        progress=False,
+        params={},
+        eps="8/255",
+    )
+    meta = read_meta(read_checkpoint_file(path), path)
+    assert meta.arch_kwargs == {"width": 8} and meta.train_config["eps"] == pytest.approx(8 / 255)
+    assert meta.train_config["completed"] is True and training_complete(meta)
+
+
+@pytest.mark.parametrize(
+    "kwargs,needle",
+    [
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"epochs": "2"}, "epochs must be int"),
+        ({"lrate": 0.1}, "unknown option 'lrate'"),
+        ({"lr": "fast"}, "lr must be int or float"),
+        ({"schedule": "linear"}, "schedule must be one of"),
+        ({"eps": 3}, "eps"),
+        ({"pool": "median"}, "pool must be avg or max"),
+        ({"resume": True}, "resume=True"),
+    ],
+)
+def test_api_errors_name_the_parameter(tmp_path, kwargs, needle):
+    base = dict(dataset="fashion-mnist-mini", arch="smallcnn", epochs=1, out=tmp_path / "e")
+    with pytest.raises(EvalkitError, match=needle) as err:
+        api_train(**(base | kwargs))
+    msg = str(err.value)
+    assert len(msg.splitlines()) == 1
+    if "resume" not in kwargs:
+        assert "--" not in msg  # parameters, not flags
+
+
+def test_interrupted_training_is_marked_unfinished_until_resumed(tmp_path, monkeypatch):
+    """A checkpoint written before the last epoch says so; studies refuse it; resume finishes it."""
+    import evalkit.training.trainer as trainer
+    from evalkit.training.api import require_complete
+
+    real = trainer.validate
+
+    def stop_at_epoch_2(model, val, cfg, device, epoch, *a, **kw):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(model, val, cfg, device, epoch, *a, **kw)
+
+    monkeypatch.setattr(trainer, "validate", stop_at_epoch_2)
+    cfg = dict(QUICK, out=str(tmp_path / "i"), epochs=2, n_train=128, val_size=32)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**cfg))
+    raw = torch.load(tmp_path / "i" / "checkpoint.pt", weights_only=True)
+    assert raw["epoch"] == 1 and raw["train_config"]["completed"] is False
+    with pytest.raises(EvalkitError, match="unfinished training checkpoint \\(epoch 1 of 2\\)"):
+        require_complete(tmp_path / "i" / "checkpoint.pt")
+    monkeypatch.setattr(trainer, "validate", real)
+    train(TrainConfig(**(cfg | {"resume": True})))
+    require_complete(tmp_path / "i" / "checkpoint.pt")

@@ -1,6 +1,5 @@
-"""Reproduction studies of the seed papers' findings (``evalkit study NAME --scale cpu|gpu``)."""
-
-from analysis.studies.catalog import SCALES, STUDIES
-from analysis.studies.runner import list_studies, run_study, scale_for
-
-__all__ = ["SCALES", "STUDIES", "list_studies", "run_study", "scale_for"]
+"""What judges the reproduction studies: :mod:`analysis.studies.judges` (verdicts from measured
+numbers), :mod:`analysis.studies.stats` (the interval rules) and :mod:`analysis.studies.spec`
+(the :class:`~analysis.studies.spec.Finding` and :class:`~analysis.studies.spec.StudyContext`
+they exchange). The studies themselves are run by :mod:`evalkit.pipelines.studies`.
+"""

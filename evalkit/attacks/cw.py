@@ -1,16 +1,16 @@
 """Carlini-Wagner attacks.
 
 * :func:`cw_inf` -- the "CW-inf" of robust-training papers: PGD on the per-example CW margin
-  ``max_{j != y} z_j - z_y``. Defaults: 30 steps, step ``eps/4``, uniform random start
-  (DESIGN.md section 6). The margin is per example, unlike the batch-summed hinge in the CAS
-  evaluation script (research/seeds.md 1b), which stops giving gradient once the batch as a
-  whole is fooled.
+  ``max_{j != y} z_j - z_y``. Defaults: 30 steps, step ``eps/4``, uniform random start. The
+  margin is per example, unlike a batch-summed hinge, which stops giving gradient once the
+  batch as a whole is fooled. ``keep_best``/``early_stop`` as in :func:`~evalkit.attacks.pgd.pgd`.
 * :func:`cw_l2` -- the original optimisation attack (Carlini & Wagner 2017): minimise
   ``||x' - x||_2^2 + c * max(-margin(x'), -kappa)`` over ``x' = (tanh(w) + 1) / 2`` with Adam,
   and binary-search ``c`` per example. Returns the smallest successful example found, else the
   input. With a finite ``eps`` the result is *projected* onto the L2 ball of radius ``eps`` (a
   projected CW example is often still adversarial, and every attack then honours the ball);
-  the harness still checks success on the returned point.
+  the harness still checks success on the returned point. It keeps its best (smallest
+  successful) iterate by construction, so it takes no ``keep_best`` option.
 """
 
 from __future__ import annotations
@@ -22,8 +22,18 @@ import torch.nn as nn
 
 from evalkit.attacks.losses import AttackLoss, cw_margin_from_logits, make_loss
 from evalkit.attacks.pgd import pgd, project
+from evalkit.attacks.registry import register_attack
 
 
+@register_attack(
+    "cw_inf",
+    norms=("linf",),
+    white_box=True,
+    base_loss="cw",
+    description="CW-inf: PGD-30 on the per-example CW margin, step eps/4, random start",
+    iterative=True,
+    aliases=("cw",),
+)
 def cw_inf(
     model: nn.Module,
     x: torch.Tensor,
@@ -38,11 +48,14 @@ def cw_inf(
     targeted: bool = False,
     generator: torch.Generator | None = None,
     init: torch.Tensor | None = None,
+    keep_best: bool = False,
+    early_stop: bool = False,
 ) -> torch.Tensor:
     """PGD-30 (step ``eps/4``, random start) on the per-example CW margin, Linf ball.
 
     ``loss`` may be a wrapped margin loss (joint heads, EOT) built by the caller from
-    ``make_loss("cw", ...)``; a string is passed to :func:`make_loss`.
+    ``make_loss("cw", ...)``; a string is passed to :func:`make_loss`. ``keep_best`` and
+    ``early_stop`` keep a misclassified iterate per point (see :func:`~evalkit.attacks.pgd.pgd`).
     """
     return pgd(
         model,
@@ -58,6 +71,8 @@ def cw_inf(
         targeted=targeted,
         generator=generator,
         init=init,
+        keep_best=keep_best,
+        early_stop=early_stop,
     )
 
 
@@ -69,6 +84,13 @@ def _from_tanh_space(w: torch.Tensor) -> torch.Tensor:
     return (torch.tanh(w) + 1) / 2
 
 
+@register_attack(
+    "cw_l2",
+    norms=("l2",),
+    white_box=True,
+    base_loss="cw",
+    description="Carlini-Wagner L2 (Adam in tanh space, binary search over c), projected to eps",
+)
 def cw_l2(
     model: nn.Module,
     x: torch.Tensor,

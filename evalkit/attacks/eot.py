@@ -3,7 +3,7 @@
 A single stochastic forward gives a one-sample gradient estimate and makes a randomised model
 look robust; averaging the loss over ``n`` forward passes makes its gradient the mean of ``n``
 samples, an unbiased estimate of the gradient of the expected loss. AutoAttack's ``rand``
-version uses 20 samples (research/seeds.md 4c), so :data:`DEFAULT_EOT_SAMPLES` is 20.
+version uses 20 samples (Croce & Hein 2020), so :data:`DEFAULT_EOT_SAMPLES` is 20.
 """
 
 from __future__ import annotations

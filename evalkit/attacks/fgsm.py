@@ -6,8 +6,16 @@ import torch
 import torch.nn as nn
 
 from evalkit.attacks.losses import AttackLoss, make_loss
+from evalkit.attacks.registry import register_attack
 
 
+@register_attack(
+    "fgsm",
+    norms=("linf",),
+    white_box=True,
+    base_loss="ce",
+    description="FGSM, one signed-gradient step of size eps, no random start",
+)
 def fgsm(
     model: nn.Module,
     x: torch.Tensor,

@@ -5,18 +5,21 @@ constructor options (``steps=10``, ``binary_search_steps=5``, ...) are passed th
 defaults are Foolbox's own. Foolbox uses its own losses (the evalkit ``loss`` is ignored) and
 torch's global RNG for random starts, which is forked and seeded from evalkit's per-batch
 generator. The result is Foolbox's eps-clipped output, projected again into the ball and [0, 1].
+This module registers the ``foolbox:`` prefix with the attack registry when imported (and
+:mod:`evalkit.attacks` imports it).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import torch
 import torch.nn as nn
 
 from evalkit.attacks._external import external_call, finalize, seed_from
+from evalkit.attacks.registry import AttackSpec, keyword_options, register_resolver
 from evalkit.errors import EvalkitError
 
 PREFIX = "foolbox:"
@@ -90,19 +93,63 @@ def foolbox_attack(
     return finalize(clipped, x, eps, norm)
 
 
-def foolbox_spec(name: str):
-    """An :class:`~evalkit.attacks.registry.AttackSpec` for ``foolbox:Name``."""
-    from evalkit.attacks.registry import AttackSpec, _check_norm
+def is_white_box(cls: type) -> bool:
+    """Whether a Foolbox attack class reads gradients: a ``BaseGradientDescent`` subclass, or
+    its module calls ``value_and_grad``/``value_aux_and_grad`` (DeepFool, CW, FMN, ...)."""
+    import foolbox as fb
 
+    if issubclass(cls, fb.attacks.gradient_descent_base.BaseGradientDescent):
+        return True
+    try:
+        return "_and_grad" in inspect.getsource(inspect.getmodule(cls))
+    except (OSError, TypeError):
+        return True  # unknown: claim white-box, the weaker assumption for gradient checks
+
+
+@cache
+def foolbox_spec(name: str) -> AttackSpec:
+    """The :class:`AttackSpec` for ``foolbox:Name`` (cached per class, so lookups agree).
+
+    Options are the class's constructor parameters plus ``targeted`` and ``seed``; the defaults
+    are the constructor's own (Foolbox's).
+    """
     spelling, cls = resolve(name)
     full = f"{PREFIX}{spelling}"
-    norms = attack_norms(cls)
+    own, var_kw = keyword_options(cls.__init__)
+    own.pop("self", None)
+    defaults = {**own, "targeted": False, "seed": None}
 
-    def fn(model, x, y, eps, *, norm="linf", loss=None, generator=None, **options):
-        _check_norm(full, norm, norms)
+    def fn(
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        eps: float,
+        norm: str = "linf",
+        loss: object = None,
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> torch.Tensor:
         return foolbox_attack(
             model, x, y, eps, attack_name=spelling, norm=norm, generator=generator, **options
         )
 
     fn.__name__ = f"attack_foolbox_{spelling}"
-    return AttackSpec(full, fn, norms, f"Foolbox {cls.__name__} (Foolbox's defaults)", {}, None)
+    return AttackSpec(
+        name=full,
+        fn=fn,
+        norms=attack_norms(cls),
+        white_box=is_white_box(cls),
+        base_loss=None,
+        defaults=defaults,
+        description=f"Foolbox {cls.__name__} (Foolbox's defaults)",
+        options=None if var_kw else frozenset(defaults),
+    )
+
+
+register_resolver(
+    PREFIX,
+    lambda name: foolbox_spec(resolve(name)[0]),
+    hint="foolbox:AttackName",
+    description="any Foolbox 3 attack class by name, e.g. foolbox:L2CarliniWagnerAttack",
+)

@@ -28,7 +28,17 @@ def cw_margin_from_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 
 
 def dlr_from_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Croce & Hein's DLR loss (scale invariant, so bounded logits cannot hide behind it)."""
+    """Croce & Hein's (2020) DLR loss ``-(z_y - max_{j != y} z_j) / (z_(1) - z_(3))`` per example
+    (N,) from logits (N, C), scale invariant, so bounded logits cannot hide behind it.
+
+    Raises ``ValueError`` for fewer than 3 classes (there is no third-largest logit); use the
+    CW margin (``"cw"``) there.
+    """
+    if logits.shape[1] < 3:
+        raise ValueError(
+            f"the DLR loss needs >= 3 classes (it divides by z_(1) - z_(3)), the model has "
+            f"{logits.shape[1]}: use the CW margin loss 'cw'"
+        )
     srt = logits.sort(dim=1).values
     true = logits.gather(1, y[:, None]).squeeze(1)
     is_top = srt[:, -1] == true

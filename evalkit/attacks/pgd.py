@@ -1,19 +1,33 @@
 """Projected gradient descent in pixel space (Linf and L2), the workhorse of training and
-evaluation. Random starts draw from an explicit generator so runs are reproducible per batch.
+evaluation (Madry et al. 2018). Random starts draw from an explicit generator so runs are
+reproducible per batch.
 
-Defaults (DESIGN.md section 6): Linf step ``eps/4`` (PGD-20 at 8/255 -> 2/255), L2 step
-``2.5 * eps / steps`` (Madry et al.'s rule: enough to cross the ball 2.5 times), uniform random
-start, one restart. ``pgd`` never changes the model's train/eval mode or its parameters'
-``requires_grad``; wrap the call in :func:`evalkit.attacks.mode.attack_mode` to attack the
-honest eval-mode model (the harness does).
+Defaults: 10 steps, Linf step ``eps/4``, L2 step ``2.5 * eps / steps`` (Madry et al.'s rule:
+enough to cross the ball 2.5 times), uniform random start, one restart; evaluation presets state
+their step count explicitly. ``pgd`` never changes the model's train/eval mode or its
+parameters' ``requires_grad``; wrap the call in :func:`evalkit.attacks.mode.attack_mode` to
+attack the honest eval-mode model.
+
+Plain PGD returns the *last* iterate, as reference implementations (torchattacks, Foolbox) do
+and as adversarial training wants. For evaluation, ``keep_best=True`` returns per point an
+iterate that is misclassified whenever any iterate was ("every break counts"), and
+``early_stop=True`` also drops broken points from the batch as soon as they break (see
+:func:`pgd`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from evalkit.attacks.losses import AttackLoss, make_loss
+from evalkit.attacks.registry import register_attack
+from evalkit.attacks.tracking import LogitTap, score_dtype, success_and_margin
+from evalkit.defenses.context import is_stochastic
+from evalkit.errors import EvalkitError
 
 NORMS = ("linf", "l2")
 
@@ -59,16 +73,44 @@ def _check(norm: str, steps: int, restarts: int) -> None:
         raise ValueError(f"need steps >= 0 and restarts >= 1 (got {steps}, {restarts})")
 
 
+@dataclass
+class _Step:
+    """One PGD trajectory's fixed parts: ball, step, loss direction."""
+
+    eps: float
+    steps: int
+    step: float
+    norm: str
+    ascend: float
+
+    def update(
+        self,
+        x_adv: torch.Tensor,
+        grad: torch.Tensor,
+        x: torch.Tensor,
+        lo: torch.Tensor | None,
+        hi: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One ascent step from ``x_adv`` (detached, updated in place) and projection."""
+        with torch.no_grad():
+            if self.norm == "linf":
+                x_adv.add_(grad.sign(), alpha=self.ascend * self.step)
+                return torch.minimum(torch.maximum(x_adv, lo, out=x_adv), hi, out=x_adv)
+            x_adv.add_(grad / _l2_norm(grad), alpha=self.ascend * self.step)
+            return (x + project(x_adv.sub_(x), self.eps, self.norm)).clamp_(0, 1)
+
+    def bounds(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.norm != "linf":
+            return None, None
+        return (x - self.eps).clamp_(min=0), (x + self.eps).clamp_(max=1)
+
+
 def _pgd_run(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    eps: float,
-    steps: int,
-    step: float,
-    norm: str,
+    run: _Step,
     loss_fn: AttackLoss,
-    ascend: float,
     delta: torch.Tensor,
 ) -> torch.Tensor:
     """One PGD run from ``x + delta``; returns the last iterate (as reference implementations do).
@@ -76,22 +118,88 @@ def _pgd_run(
     The update works in place on detached tensors and differentiates w.r.t. the input only, so a
     step costs one forward and one input backward and nothing else.
     """
-    x_adv = (x + project(delta, eps, norm)).clamp_(0, 1)
-    if norm == "linf":
-        lo = (x - eps).clamp_(min=0)
-        hi = (x + eps).clamp_(max=1)
-    for _ in range(steps):
+    x_adv = (x + project(delta, run.eps, run.norm)).clamp_(0, 1)
+    lo, hi = run.bounds(x)
+    for _ in range(run.steps):
         x_adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(loss_fn(model, x_adv, y).sum(), x_adv)
-        x_adv = x_adv.detach()
-        with torch.no_grad():
-            if norm == "linf":
-                x_adv.add_(grad.sign(), alpha=ascend * step)
-                x_adv = torch.minimum(torch.maximum(x_adv, lo, out=x_adv), hi, out=x_adv)
-            else:
-                x_adv.add_(grad / _l2_norm(grad), alpha=ascend * step)
-                x_adv = (x + project(x_adv.sub_(x), eps, norm)).clamp_(0, 1)
+        x_adv = run.update(x_adv.detach(), grad, x, lo, hi)
     return x_adv.detach()
+
+
+@dataclass
+class _Tracked:
+    """Result of a tracked run, per point of its batch."""
+
+    x_adv: torch.Tensor  # the kept iterate (broken points) or the last one
+    broken: torch.Tensor  # bool: some iterate was misclassified (untargeted) / hit the target
+    value: torch.Tensor  # ascend * loss at the last iterate (-inf where the point broke early)
+
+
+def _pgd_run_tracked(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    run: _Step,
+    loss_fn: AttackLoss,
+    delta: torch.Tensor,
+    tap: LogitTap,
+    *,
+    targeted: bool,
+    early_stop: bool,
+) -> _Tracked:
+    """A PGD run that also scores every iterate from the logits of the forward that computes
+    its gradient (read by ``tap``), plus one forward on the last iterate.
+
+    Among misclassified iterates the one with the lowest margin is kept; with ``early_stop`` a
+    point leaves the active batch at its first misclassified iterate (kept), so later steps cost
+    only the points still unbroken. Unbroken points follow exactly the same arithmetic as in
+    :func:`_pgd_run` (the per-point computations do not depend on the batch around them).
+    """
+    n = x.shape[0]
+    x_adv = (x + project(delta, run.eps, run.norm)).clamp_(0, 1)
+    lo, hi = run.bounds(x)
+    kept = x_adv.clone()
+    kept_margin = torch.full((n,), float("inf"), device=x.device, dtype=score_dtype(x.device))
+    broken = torch.zeros(n, dtype=torch.bool, device=x.device)
+    value = torch.full((n,), float("-inf"), device=x.device, dtype=score_dtype(x.device))
+    act = torch.arange(n, device=x.device)
+    xa, ya, xo = x_adv, y, x
+
+    def record(points: torch.Tensor, iterate: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        ok, margin = success_and_margin(logits, y[points], targeted)
+        better = ok & (margin < kept_margin[points])
+        kept[points[better]] = iterate[better]
+        kept_margin[points[better]] = margin[better]
+        broken[points[ok]] = True
+        return ok
+
+    for _ in range(run.steps):
+        xa.requires_grad_(True)
+        with tap.watching(xa):
+            loss_value = loss_fn(model, xa, ya)
+        (grad,) = torch.autograd.grad(loss_value.sum(), xa)
+        xa = xa.detach()
+        ok = record(act, xa, tap.logits(model, xa))
+        if early_stop and bool(ok.any()):
+            keep = ~ok
+            act, xa, ya, xo, grad = act[keep], xa[keep], ya[keep], xo[keep], grad[keep]
+            if lo is not None:
+                lo, hi = lo[keep], hi[keep]
+            if act.numel() == 0:
+                break
+        xa = run.update(xa, grad, xo, lo, hi)
+    if act.numel():
+        with torch.no_grad(), tap.watching(xa):
+            last_value = loss_fn(model, xa, ya)
+        record(act, xa, tap.logits(model, xa))
+        value[act] = run.ascend * last_value.detach().to(score_dtype(x.device))
+        out = kept.clone()
+        last = ~broken[act]
+        out[act[last]] = xa[last]
+    else:
+        out = kept
+    return _Tracked(out, broken, value)
 
 
 def _success(
@@ -102,6 +210,14 @@ def _success(
     return pred == y if targeted else pred != y
 
 
+@register_attack(
+    "pgd",
+    norms=NORMS,
+    white_box=True,
+    base_loss="ce",
+    description="PGD, step eps/4 (L2: 2.5*eps/steps), uniform random start, 1 restart",
+    iterative=True,
+)
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -117,17 +233,38 @@ def pgd(
     restarts: int = 1,
     generator: torch.Generator | None = None,
     init: torch.Tensor | None = None,
+    keep_best: bool = False,
+    early_stop: bool = False,
 ) -> torch.Tensor:
-    """Return ``x_adv`` within the ``norm`` ball of radius ``eps`` around ``x`` and in [0, 1].
+    """Return ``x_adv`` (``x``'s shape (N, ...) and dtype) within the ``norm`` ball of radius
+    ``eps`` around ``x`` and in [0, 1].
 
-    Defaults: ``steps=10`` (the registry's ``pgd`` entry uses 20), step from
-    :func:`default_step_size`, uniform random start, ``restarts=1``, CE loss.
+    Defaults: ``steps=10``, step from :func:`default_step_size`, uniform random start,
+    ``restarts=1``, CE loss; the registry's ``pgd`` entry uses the same defaults.
 
     * ``y`` is the true label (untargeted: the loss ascends) or the target (``targeted``: the
       loss descends, success means predicting ``y``).
-    * ``restarts > 1`` runs again from fresh random starts on the examples not yet fooled and
+    * ``restarts > 1`` runs again from fresh random starts on the examples not yet broken and
       keeps, per example, the first restart that succeeds, else the one with the highest loss
-      (lowest for targeted). Costs one extra forward pass per restart for the bookkeeping.
+      (lowest for targeted). Each restart draws a start for the whole batch and uses the rows of
+      the points still running, so a point's start does not depend on which others broke.
+    * ``keep_best``: a point is *broken* when some iterate (the start included) is
+      misclassified (untargeted: ``argmax != y``, or non-finite logits; targeted:
+      ``argmax == y``); a broken point gets the misclassified iterate with the lowest margin
+      (``z_y - max_{j != y} z_j``; targeted: the negative), an unbroken point the last iterate.
+      Iterates are scored from the logits of the forward that computes the gradient (averaged
+      over the samples of an EOT loss), so tracking costs one extra forward (on the last
+      iterate) per run, not one per step. If the loss does not call ``model`` on the iterate
+      itself, each iterate costs one more forward.
+    * ``early_stop`` (implies ``keep_best``; evaluation of deterministic models only): a point
+      leaves the batch at its first misclassified iterate, which it keeps; later steps cost only
+      the unbroken points, whose result is bit-identical to a run without ``early_stop`` when the
+      model computes each point independently of the batch size (BLAS matrix products may round
+      the last bit differently for another batch size; Linf's sign step nearly always hides
+      that, L2 steps carry it as ~1e-16 differences). On a
+      randomized model one draw's mistake is not a break, so ``early_stop`` on a model flagged
+      ``stochastic`` is an :class:`EvalkitError` (undeclared randomness is the caller's to
+      detect, e.g. with :func:`~evalkit.attacks.eot.is_model_random`).
     * ``init`` (a perturbation) replaces the first random start; used to cross-check against
       reference implementations from the same starting point.
     * The model's train/eval mode is left as the caller set it (the harness and trainer choose).
@@ -135,33 +272,85 @@ def pgd(
     _check(norm, steps, restarts)
     loss_fn = make_loss(loss) if isinstance(loss, str) else loss
     step = step_size if step_size is not None else default_step_size(eps, norm, steps)
-    ascend = -1.0 if targeted else 1.0
+    run = _Step(float(eps), int(steps), float(step), norm, -1.0 if targeted else 1.0)
     x = x.detach()
+    if early_stop:
+        keep_best = True
+        if is_stochastic(model):
+            raise EvalkitError(
+                "PGD early_stop needs a deterministic model (this one declares itself "
+                "stochastic); use keep_best=True without early_stop"
+            )
 
-    def start(xs: torch.Tensor, first: bool) -> torch.Tensor:
+    def start(first: bool) -> torch.Tensor:
         if first and init is not None:
-            return init.detach().to(xs.device, xs.dtype).clone()
+            return init.detach().to(x.device, x.dtype).clone()
         if random_start:
-            return random_init(xs, eps, norm, generator)
-        return torch.zeros_like(xs)
+            return random_init(x, eps, norm, generator)
+        return torch.zeros_like(x)
 
+    if keep_best:
+        return _pgd_keep_best(model, x, y, run, loss_fn, restarts, start, targeted, early_stop)
     if restarts == 1:
-        return _pgd_run(model, x, y, eps, steps, step, norm, loss_fn, ascend, start(x, True))
+        return _pgd_run(model, x, y, run, loss_fn, start(True))
 
     best = x.clone()
-    best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
+    best_loss = torch.full(
+        (x.shape[0],), float("-inf"), device=x.device, dtype=score_dtype(x.device)
+    )
     done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for r in range(restarts):
         idx = (~done).nonzero().squeeze(1)
         if idx.numel() == 0:
             break
         xs, ys = x[idx], y[idx]
-        adv = _pgd_run(model, xs, ys, eps, steps, step, norm, loss_fn, ascend, start(xs, r == 0))
+        adv = _pgd_run(model, xs, ys, run, loss_fn, start(r == 0)[idx])
         with torch.no_grad():
-            value = ascend * loss_fn(model, adv, ys).detach().float()
+            value = run.ascend * loss_fn(model, adv, ys).detach().to(score_dtype(x.device))
         fooled = _success(model, adv, ys, targeted)
         better = fooled | (value > best_loss[idx])
         best[idx[better]] = adv[better]
         best_loss[idx[better]] = value[better]
         done[idx[fooled]] = True
+    return best
+
+
+def _pgd_keep_best(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    run: _Step,
+    loss_fn: AttackLoss,
+    restarts: int,
+    start: Callable[[bool], torch.Tensor],
+    targeted: bool,
+    early_stop: bool,
+) -> torch.Tensor:
+    """Restarts of tracked runs, each on the points no earlier restart broke."""
+    best = x.clone()
+    best_value = torch.full(
+        (x.shape[0],), float("-inf"), device=x.device, dtype=score_dtype(x.device)
+    )
+    broken = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    with LogitTap(model) as tap:
+        for r in range(restarts):
+            idx = (~broken).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            delta = start(r == 0)
+            res = _pgd_run_tracked(
+                model,
+                x[idx],
+                y[idx],
+                run,
+                loss_fn,
+                delta[idx],
+                tap,
+                targeted=targeted,
+                early_stop=early_stop,
+            )
+            better = res.broken | (res.value > best_value[idx])
+            best[idx[better]] = res.x_adv[better]
+            best_value[idx[better]] = res.value[better]
+            broken[idx[res.broken]] = True
     return best

@@ -12,10 +12,18 @@ import torch
 import torch.nn as nn
 
 from evalkit.attacks._external import external_call, finalize, seed_from
+from evalkit.attacks.registry import register_attack
 
 _NORMS = {"linf": "Linf", "l2": "L2"}
 
 
+@register_attack(
+    "square",
+    norms=tuple(_NORMS),
+    white_box=False,
+    base_loss=None,
+    description="Square attack (black-box, score-based, 5000 queries), the gradient-masking check",
+)
 def square(
     model: nn.Module,
     x: torch.Tensor,
@@ -29,7 +37,9 @@ def square(
     seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Return Square's adversarial examples (the input where it failed)."""
+    """Return Square's adversarial examples for ``x`` (N, ...) in [0, 1] (the input where it
+    failed), inside the ``norm`` ball of radius ``eps``. ``seed`` defaults to one draw from
+    ``generator``."""
     from pyautoattack.square import SquareAttack
 
     seed_value = seed_from(generator, seed)

@@ -1,39 +1,37 @@
-"""``evalkit analyze``: the studies of the seed papers on one or more checkpoints.
+"""``evalkit analyze``: flags -> :func:`evalkit.analyses.analyze` on one or more checkpoints.
 
 * ``channels``: per-channel activation magnitude and frequency, natural vs PGD (CAS Fig. 1-2);
 * ``importance``: CIFS channel-importance masks, natural vs PGD;
 * ``pooling``: robust accuracy and pooled-feature change vs feature-map size, avg vs max pool
   (RCM), on checkpoints trained with different ``--strides/--upsample/--pool``;
-* ``sap-eot``: robust accuracy of a checkpoint with and without SAP vs EOT samples and eps.
+* ``sap-eot``: robust accuracy of a checkpoint with and without SAP vs EOT samples and eps;
+* and any other analysis registered with :func:`evalkit.analyses.register_analysis`.
 
-Every study writes tables (CSV + parquet), figures (PNG + SVG) and ``analysis.json`` to --out.
+Every analysis writes tables (CSV + parquet), figures (PNG + SVG) and ``analysis.json`` to --out.
+``--study`` is the old name of ``--analysis`` (``evalkit study`` runs reproduction studies).
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import re
+import sys
+from typing import Any
 
 from evalkit.commands.common import (
     add_data_options,
     add_device_seed,
     add_model_options,
-    load_eval_data,
-    load_model_from_args,
     parse_normalize,
 )
 from evalkit.errors import EvalkitError
-from evalkit.utils.device import resolve_device
-from evalkit.utils.parse import parse_eps, parse_eps_list
-from evalkit.utils.seeding import seed_everything
 
-PAPER_STEP_SIZE = 0.003  # the CAS activation-analysis PGD step (seeds.md 1c)
-STUDIES = ("channels", "importance", "pooling", "sap-eot")
+BUILTIN = ("channels", "importance", "pooling", "sap-eot")
+LABELLED = re.compile(r"^[A-Za-z0-9_.-]+=(?!=)")  # --ckpt LABEL=PATH
 
-DESCRIPTION = """\
-Reproduce the analyses behind the seed papers on your checkpoints.
+DESCRIPTION = """Reproduce the analyses behind the seed papers on your checkpoints.
 
-studies:
+analyses:
   channels    spatial-mean activation per channel at --layer (default: the penultimate block,
               before any CAS/CIFS mask) for natural and PGD-20 (step 0.003) images; a channel is
               'activated' when above --threshold x that image's largest channel. Plots magnitude
@@ -42,29 +40,40 @@ studies:
               (e.g. standard, at, at+cas, at+cifs).
   importance  CIFS channel-importance masks on natural vs adversarial inputs (CIFS checkpoints).
   pooling     robust accuracy and ||pool(f(x'))-pool(f(x))|| vs feature-map size, avg vs max
-              pooling, over checkpoints that differ in --strides/--upsample/--pool. To train the
-              grid first: python -m analysis.pooling --help
+              pooling, over checkpoints that differ in --strides/--upsample/--pool (the grid is
+              trained by 'evalkit study pooling').
   sap-eot     accuracy of each checkpoint dense and with SAP under PGD with 1,2,5,10,20 EOT
               samples per gradient, at each --eps.
+  (--analysis list prints every registered analysis, including added ones)
 
 examples:
-  evalkit analyze --ckpt runs/std/checkpoint.pt --ckpt runs/at/checkpoint.pt --study channels \\
+  evalkit analyze --ckpt runs/std/checkpoint.pt --ckpt runs/at/checkpoint.pt --analysis channels \\
       --class 0 --out out/channels
-  evalkit analyze --ckpt runs/at/checkpoint.pt --study sap-eot --eps 2/255,4/255,8/255 --n 200 --out an/sap
+  evalkit analyze --ckpt runs/at/checkpoint.pt --analysis sap-eot --eps 2/255,4/255,8/255 --n 200 --out an/sap
+  evalkit analyze --ckpt std=runs/a/checkpoint.pt --ckpt at=runs/b/checkpoint.pt --analysis channels --out x
+      (LABEL=PATH names the models in tables and plots; default: the checkpoint's folder)
 """
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "analyze",
-        help="channel activation, importance, pooling and SAP-EOT studies",
+        help="channel activation, importance, pooling and SAP-EOT analyses",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(p, multiple=True)
     add_data_options(p)
     add_device_seed(p)
-    p.add_argument("--study", required=True, choices=STUDIES, help="which study to run")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--analysis",
+        metavar="NAME",
+        help=f"which analysis to run ({', '.join(BUILTIN)}, or 'list')",
+    )
+    which.add_argument(
+        "--study", metavar="NAME", help="deprecated name of --analysis (kept for old scripts)"
+    )
     p.add_argument("--out", required=True, help="output folder (plots, tables, analysis.json)")
     p.add_argument(
         "--layer",
@@ -85,7 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="Linf budget (default 8/255; sap-eot takes a list, default 2/255,4/255,8/255)",
     )
-    p.add_argument("--steps", type=int, default=20, help="PGD steps (default 20, the CAS recipe)")
+    p.add_argument("--steps", type=int, default=None, help="PGD steps (default 20, the CAS recipe)")
     p.add_argument(
         "--step-size",
         default=None,
@@ -95,31 +104,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--threshold",
         type=float,
-        default=0.01,
+        default=None,
         help="a channel is activated when above THRESHOLD x the image's max channel (default 0.01)",
     )
     p.add_argument(
         "--sort",
         choices=("natural", "independent"),
-        default="independent",
+        default=None,
         help="magnitude plot order: both curves in natural order, or each sorted on its own "
         "as in the CAS paper's Figure 1 (default)",
     )
     p.add_argument(
         "--magnitude",
         choices=("mean", "activated", "paper_running"),
-        default="mean",
+        default=None,
         help="plotted magnitude: true mean (default), sum/activated-count, or the paper "
         "code's running average (all three are in the table)",
     )
-    p.add_argument(
-        "--eot", default="1,2,5,10,20", help="sap-eot: EOT sample counts (default 1,2,5,10,20)"
-    )
+    p.add_argument("--eot", default=None, help="sap-eot: EOT sample counts (default 1,2,5,10,20)")
     p.add_argument(
         "--eval-samples",
         type=int,
-        default=10,
+        default=None,
         help="sap-eot: forward passes averaged (softmax) to score a stochastic model (default 10)",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of an added analysis (repeatable; numbers are parsed)",
     )
     p.add_argument(
         "--batch-size", type=int, default=128, help="batch size for attacks and forwards"
@@ -128,151 +142,111 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def _int_list(text: str, name: str) -> list[int]:
-    try:
-        vals = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise EvalkitError(
-            f"cannot read {name} {text!r} (comma-separated integers, e.g. 1,2,5)"
-        ) from None
-    if not vals or min(vals) < 1:
-        raise EvalkitError(f"{name} needs positive integers, e.g. 1,2,5,10,20")
-    return vals
+def _value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
-def _load_entries(args: argparse.Namespace) -> tuple[list, object]:
-    from analysis.common import ModelEntry, model_label, unique_labels
+# flags that are options of the analysis functions (default None = the analysis's own default)
+OPTION_FLAGS = (
+    "layer",
+    "steps",
+    "step_size",
+    "threshold",
+    "sort",
+    "magnitude",
+    "eot",
+    "eval_samples",
+)
 
-    loaded = [load_model_from_args(args, ckpt) for ckpt in args.ckpt]
-    labels = unique_labels([model_label(c, m) for c, (_, m) in zip(args.ckpt, loaded)])
-    entries = [ModelEntry(lab, model, meta) for lab, (model, meta) in zip(labels, loaded)]
-    return entries, loaded[0][1]
+
+def analysis_options(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The analysis's own options: the option flags given, plus ``--option KEY=VALUE``; a flag
+    the analysis does not take is refused with one line."""
+    import inspect
+
+    from evalkit.analyses import get_analysis
+
+    params = inspect.signature(get_analysis(name).fn).parameters
+    opts: dict[str, Any] = {}
+    for key in OPTION_FLAGS:
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key not in params:
+            flag = "--" + key.replace("_", "-")
+            raise EvalkitError(f"{flag} does not apply to --analysis {name}")
+        opts[key] = value
+    for item in args.option:
+        if "=" not in item:
+            raise EvalkitError(f"--option {item!r} must be KEY=VALUE")
+        key, value = item.split("=", 1)
+        opts[key.strip().replace("-", "_")] = _value(value.strip())
+    return opts
 
 
-def _data(args: argparse.Namespace, meta: object, entries: list) -> tuple:
-    for e in entries[1:]:
-        if (e.meta.in_channels, e.meta.input_size) != (meta.in_channels, meta.input_size):  # type: ignore[attr-defined]
-            raise EvalkitError(
-                f"checkpoints take different input shapes ({e.label}); compare models of one dataset"
-            )
-    if args.class_k is None:
-        data = load_eval_data(args, meta)  # type: ignore[arg-type]
-    else:
-        if args.class_k < 0 or args.class_k >= meta.num_classes:  # type: ignore[attr-defined]
-            raise EvalkitError(f"--class {args.class_k} is outside 0..{meta.num_classes - 1}")  # type: ignore[attr-defined]
-        full = load_eval_data(argparse.Namespace(**{**vars(args), "n": None}), meta)  # type: ignore[arg-type]
-        data = full.of_class(args.class_k).first(args.n)
-        if len(data) == 0:
-            raise EvalkitError(f"no test images of class {args.class_k} in the evaluation data")
-    return data.float_batch(slice(None)), data.y
+def _models(items: list[str]) -> list[str] | dict[str, str]:
+    """``--ckpt PATH`` (labelled by its folder) or ``--ckpt LABEL=PATH`` (all or none)."""
+    pairs = [item.split("=", 1) if LABELLED.match(item) else [None, item] for item in items]
+    if all(label is None for label, _ in pairs):
+        return [path for _, path in pairs]
+    if any(label is None for label, _ in pairs):
+        raise EvalkitError("label every --ckpt as LABEL=PATH, or none of them")
+    labels = [label for label, _ in pairs]
+    if len(set(labels)) != len(labels):
+        raise EvalkitError(f"--ckpt labels must be distinct (got {', '.join(labels)})")
+    return {label: path for label, path in pairs}
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threshold < 0 or args.threshold >= 1:
-        raise EvalkitError("--threshold must be in [0, 1) (the paper uses 0.01)")
-    if args.steps < 1 or args.batch_size < 1:
-        raise EvalkitError("--steps and --batch-size must be positive")
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
-    step_size = parse_eps(args.step_size) if args.step_size else None
-    paper_step = step_size if step_size is not None else PAPER_STEP_SIZE
-    show = not args.quiet
-    out = Path(args.out)
-    common = dict(batch_size=args.batch_size, seed=args.seed, device=device, show_progress=show)
+    from evalkit.analyses import analyze, available_analyses
 
-    if args.study == "sap-eot":
-        from analysis.sap_eot import run_sap_eot_study
-        from evalkit.checkpoint import load_model
-
-        eps_list = parse_eps_list(args.eps or "2/255,4/255,8/255")
-        eots = _int_list(args.eot, "--eot")
-        if args.defense:
-            raise EvalkitError(
-                "sap-eot loads each checkpoint dense and with SAP itself; drop --defense"
-            )
-        pairs = []
-        for ckpt in args.ckpt:
-            kw = dict(
-                arch=args.arch,
-                dataset=args.dataset,
-                normalize=parse_normalize(args.normalize),
-                device=device,
-            )
-            dense, meta = load_model(ckpt, **kw)
-            sap, _ = load_model(ckpt, defense="sap", **kw)
-            pairs.append((ckpt, dense, sap, meta))
-        x, y = _data(args, pairs[0][3], [])
-        path = run_sap_eot_study(
-            pairs,
-            x,
-            y,
-            out,
-            eps_list=eps_list,
-            eot=eots,
-            steps=args.steps,
-            step_size=step_size,
-            eval_samples=args.eval_samples,
-            **common,
+    name = args.analysis or args.study
+    if args.study:
+        print(
+            "evalkit analyze: --study is deprecated, use --analysis (evalkit study runs "
+            "reproduction studies)",
+            file=sys.stderr,
         )
-        print(f"wrote {path}")
+    if name == "list":
+        for spec in available_analyses().values():
+            print(f"{spec.name:<12} {spec.description}")
         return 0
-
-    entries, meta = _load_entries(args)
-    x, y = _data(args, meta, entries)
-    eps = parse_eps(args.eps or "8/255")
-    extra = {"data": args.data or args.dataset or getattr(meta, "dataset", None)}
-    if args.study == "channels":
-        from analysis.channels import run_channel_study
-
-        scalars = run_channel_study(
-            entries,
-            x,
-            y,
-            out,
-            eps=eps,
-            layer=args.layer,
-            class_k=args.class_k,
-            threshold=args.threshold,
-            sort=args.sort,
-            magnitude=args.magnitude,
-            steps=args.steps,
-            step_size=paper_step,
-            extra_params=extra,
-            **common,
-        )
-        for label, s in scalars.items():
+    if (args.steps is not None and args.steps < 1) or args.batch_size < 1:
+        raise EvalkitError("--steps and --batch-size must be positive")
+    model_options = {
+        "arch": args.arch,
+        "dataset": args.dataset,
+        "normalize": parse_normalize(args.normalize),
+        "defense": args.defense,
+    }
+    result = analyze(
+        _models(args.ckpt),
+        analysis=name,
+        data=args.data or args.dataset,
+        out=args.out,
+        eps=args.eps,
+        n=args.n,
+        class_k=args.class_k,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+        data_root=args.data_root,
+        download=args.download,
+        model_options={k: v for k, v in model_options.items() if v is not None},
+        **analysis_options(args, name),
+    )
+    if name == "channels":
+        for label, s in result.scalars.items():
             print(
                 f"{label}: mean magnitude natural {s['mean_magnitude_natural']:.4g}, adversarial "
-                f"{s['mean_magnitude_adversarial']:.4g}; frequency entropy natural {s['entropy_natural']:.3f}, "
-                f"adversarial {s['entropy_adversarial']:.3f}"
+                f"{s['mean_magnitude_adversarial']:.4g}; frequency entropy natural "
+                f"{s['entropy_natural']:.3f}, adversarial {s['entropy_adversarial']:.3f}"
             )
-    elif args.study == "importance":
-        from analysis.importance import run_importance_study
-
-        run_importance_study(
-            entries,
-            x,
-            y,
-            out,
-            eps=eps,
-            steps=args.steps,
-            step_size=paper_step,
-            extra_params=extra,
-            **common,
-        )
-    elif args.study == "pooling":
-        from analysis.pooling import run_pooling_eval
-
-        run_pooling_eval(
-            entries,
-            x,
-            y,
-            out,
-            eps=eps,
-            steps=args.steps,
-            step_size=step_size,
-            extra_params=extra,
-            **common,
-        )
-    print(f"wrote {out / 'analysis.json'}")
+    print(f"wrote {result.out / 'analysis.json'}")
     return 0

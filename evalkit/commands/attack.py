@@ -1,175 +1,184 @@
-"""``evalkit attack``: evaluate a checkpoint under an attack protocol and write a run directory.
+"""``evalkit attack``: flags -> :func:`evalkit.evaluate` (the robustness protocol on a model).
 
-A thin layer over :func:`evalkit.evaluation.evaluate`; every flag maps to one
-:class:`~evalkit.evaluation.EvalConfig` field.
+Every flag maps to one keyword of :func:`evalkit.evaluation.api.evaluate`; numbers are checked
+there (one-line errors, exit 2). The protocol is described in docs/protocol.md, the defenses'
+adaptive attacks in docs/defenses.md, the run directory in docs/run-directory.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 from pathlib import Path
 
-from evalkit.commands.common import add_data_options, add_device_seed, add_model_options
+from evalkit.commands.common import (
+    add_data_options,
+    add_device_seed,
+    add_model_options,
+    params,
+    positive_int,
+)
 
 DESCRIPTION = """\
-Evaluate a checkpoint's robustness. The default protocol (DESIGN.md section 6) runs FGSM,
-PGD-20 (step eps/4, random start), CW-inf (PGD-30 on the per-example CW margin) and AutoAttack
-standard, in that order. Each example counts as robust only if every attack fails on it; with
-compaction (default) each attack only receives the points still robust, so the per-attack
-numbers are the cumulative waterfall and the last equals the worst case.
+Evaluate a model's robustness. The default protocol runs FGSM, PGD-20 (step eps/4, random
+start), CW-inf (PGD-30 on the per-example CW margin) and AutoAttack standard, in that order.
+A point counts as robust only if no attack that ran (at any iterate, sanity probes included)
+found an adversarial example for it; randomized models are scored over --mc-draws forward
+passes per candidate (Monte Carlo). With compaction (default) each attack only receives the
+points still robust, so per-attack numbers are the cumulative waterfall.
 
-Adaptive attacks are added from the checkpoint's defense: the joint loss with auxiliary heads
-(CAS/CIFS), EOT-20 and AutoAttack 'rand' for randomised models (declared, or detected when two
-forward passes differ), and DLR-loss PGD for bounded logits (HE).
+Adaptive attacks come from the model's traits: the joint loss with auxiliary heads (CAS/CIFS),
+gradients through the CIFS mask, EOT for randomized models (AutoAttack too), a DLR-loss PGD for
+bounded logits (HE). An explicit --attacks list runs those attacks (made adaptive) and names the
+adaptive additions it left out. The planned attacks and an estimated cost are printed first.
 
-The run directory holds config.json, summary.json, examples.parquet and per-batch records;
---resume continues a killed run. Launch with `torchrun --nproc_per_node K -m evalkit attack ...`
-to shard the examples over K processes (gloo on CPU, NCCL on GPU).
-
-presets: default, fast (demo: FGSM, PGD-10, CW-inf-10, AutoAttack APGD-CE+APGD-DLR 20 iters),
-pgd, paper-cas, paper-cifs, paper-he, paper-sap, paper-rcm (see `evalkit info --presets`).
+The run directory (config.json, summary.json, examples.parquet, records/) is bound to sha256
+hashes of the model and data; --resume refuses a run whose inputs changed.
+Docs: docs/protocol.md, docs/defenses.md, docs/run-directory.md in the evalkit repository.
 """
 
 EPILOG = """\
 examples:
   evalkit attack --ckpt runs/at/checkpoint.pt
   evalkit attack --ckpt runs/at/checkpoint.pt --preset fast --n 500 --out runs/at-eval
-  evalkit attack --ckpt model_test.pt --arch resnet18 --dataset cifar10 --data x.npz --attacks fgsm,pgd
-  evalkit attack --ckpt runs/at/checkpoint.pt --defense sap --attacks pgd,autoattack
+  evalkit attack --model mypkg.nets:build --ckpt weights.pt --dataset cifar10 --eps 8/255
+  evalkit attack --model ./net.py:Net --data x.npz --attacks pgd,autoattack
+  evalkit attack --ckpt runs/cifs/checkpoint.pt --param cifs_adaptive=true
+  evalkit attack --ckpt runs/at/checkpoint.pt --defense sap --attacks pgd
+  evalkit attack --ckpt runs/at/checkpoint.pt --norm l2 --eps 0.5,1.0
   torchrun --nproc_per_node 2 -m evalkit attack --ckpt runs/at/checkpoint.pt --n-examples 1000 --out runs/eval
+presets: default, fast, aa-fast, pgd, study-cpu, paper-cas, paper-cifs, paper-he, paper-sap,
+paper-rcm (evalkit info --presets)
 """
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "attack",
-        help="evaluate a checkpoint under attacks (FGSM, PGD, CW, AutoAttack, ...)",
+        help="evaluate a model under attacks (FGSM, PGD, CW, AutoAttack, ...)",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_options(p)
+    add_model_options(p, model_spec=True)
     add_data_options(p)
     p.add_argument(
         "--n-examples",
         dest="n",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="same as --n; use this spelling under torchrun, whose own parser "
         "rejects --n as an ambiguous abbreviation",
     )
     g = p.add_argument_group("protocol")
-    g.add_argument(
-        "--preset",
-        default="default",
-        help="named protocol: default, fast, pgd, paper-cas, paper-cifs, paper-he, "
-        "paper-sap, paper-rcm (default: default)",
-    )
+    g.add_argument("--preset", default="default", help="named protocol (default: default)")
     g.add_argument(
         "--attacks",
         default=None,
         metavar="LIST",
-        help="comma list replacing the preset's attacks: fgsm, pgd, cw, autoattack, "
-        "square, cw_l2, aa_plus, aa_rand, foolbox:AttackName",
+        help="comma list replacing the preset's attacks: fgsm, pgd, cw, autoattack, apgd, "
+        "apgd-t, square, cw_l2, aa_plus, aa_rand, foolbox:AttackName",
     )
     g.add_argument(
         "--eps",
         default=None,
         metavar="LIST",
-        help="budgets in pixel units, e.g. 8/255 or 8/255,4/255 (default: the preset's)",
+        help="budgets in pixel units, e.g. 8/255 or 8/255,4/255 (default: the preset's for "
+        "linf, 0.5 for l2; linf in (0,1], l2 up to the image diameter sqrt(C*H*W))",
     )
+    g.add_argument("--norm", default=None, help="threat model: linf or l2 (default: linf)")
     g.add_argument(
-        "--norm",
-        default=None,
-        choices=("linf", "l2"),
-        help="threat model (default: the preset's, linf)",
-    )
-    g.add_argument(
-        "--loss",
-        default=None,
-        choices=("ce", "cw", "dlr"),
-        help="loss of the PGD/FGSM attacks (default: the preset's; CW keeps its margin)",
+        "--loss", default=None, help="loss of the PGD/FGSM attacks: ce, cw or dlr (CW keeps its)"
     )
     g.add_argument(
         "--eot",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
-        help="EOT samples per gradient (default: 20 for randomised models, else 1; "
-        "1 turns EOT off)",
+        help="EOT samples per gradient (default: 20 for randomized models, else 1)",
+    )
+    g.add_argument(
+        "--mc-draws",
+        type=positive_int,
+        default=20,
+        metavar="K",
+        help="forward passes per candidate when the model is randomized (default: 20)",
     )
     g.add_argument(
         "--no-compaction",
         action="store_true",
-        help="run every attack on every clean-correct point (independent per-attack "
-        "numbers; slower)",
+        help="run every attack on every clean-correct point (independent per-attack numbers)",
     )
     g.add_argument(
         "--no-sanity",
         action="store_true",
-        help="skip the sanity checks (eps monotonicity, huge-eps PGD, gradients, Square)",
+        help="skip the checks (eps monotonicity, gradients, huge-eps PGD, Square probe)",
     )
     r = p.add_argument_group("run")
-    r.add_argument("--batch-size", type=int, default=128, help="examples per batch (default: 128)")
     r.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="run directory (default: runs/attack-<ckpt>-<time>)",
+        "--batch-size", type=positive_int, default=128, help="examples per batch (default: 128)"
+    )
+    r.add_argument(
+        "--out", default=None, metavar="DIR", help="run directory (default: runs/attack-<time>)"
     )
     r.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out, skipping the batches already recorded",
+        help="continue the run in --out (refused if the model, data or protocol changed)",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_seed(p)
     return p
 
 
-def _default_out(ckpt: str) -> Path:
-    stem = Path(ckpt).parent.name if Path(ckpt).name == "checkpoint.pt" else Path(ckpt).stem
+def _default_out(spec: str) -> Path:
+    name = Path(spec.split(":")[0])
+    stem = name.parent.name if name.name == "checkpoint.pt" else name.stem
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"attack-{stem}-{stamp}"
+    return Path("runs") / f"attack-{stem or 'model'}-{stamp}"
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     from evalkit.errors import EvalkitError
-    from evalkit.evaluation import EvalConfig, evaluate
+    from evalkit.evaluation.api import evaluate
 
     if args.resume and not args.out:
         raise EvalkitError("--resume needs --out DIR (the run directory to continue)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
         raise EvalkitError("with torchrun, pass --out DIR so every rank writes to the same run")
-    out = Path(args.out) if args.out else _default_out(args.ckpt)
-    cfg = EvalConfig(
-        ckpt=args.ckpt,
-        attacks=args.attacks,
+    model = args.model or args.ckpt
+    if not model:
+        raise EvalkitError("give --ckpt FILE or --model SPEC (e.g. mypkg.nets:build)")
+    out = Path(args.out) if args.out else _default_out(str(model))
+    evaluate(
+        model,
+        args.data,
         eps=args.eps,
         norm=args.norm,
+        preset=args.preset,
+        attacks=args.attacks,
         n=args.n,
         batch_size=args.batch_size,
-        data=args.data,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        download=args.download,
-        arch=args.arch,
-        normalize=args.normalize,
-        defense=args.defense,
-        out=out,
-        resume=args.resume,
         seed=args.seed,
         device=args.device,
-        preset=args.preset,
+        mc_draws=args.mc_draws,
         eot=args.eot,
         loss=args.loss,
         compaction=not args.no_compaction,
         sanity=not args.no_sanity,
+        out=out,
+        resume=args.resume,
         progress=not args.no_progress,
+        weights=args.ckpt if args.model else None,
+        defense=args.defense,
+        params=params(args.param),
+        arch=args.arch,
+        dataset=args.dataset,
+        normalize=args.normalize,
+        force_normalize=args.force_normalize,
+        data_root=args.data_root,
+        download=args.download,
     )
-    evaluate(cfg)
     return 0

@@ -8,9 +8,20 @@ import torch.nn as nn
 
 from evalkit.checkpoint import CheckpointMeta, load_model
 from evalkit.data import ArraySplit, load_array_file, load_split
-from evalkit.errors import DataError
+from evalkit.errors import DataError, EvalkitError
 from evalkit.utils.device import resolve_device
 from evalkit.utils.parse import parse_floats
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (so ``--n -250`` is an error, not 6 points)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def add_device_seed(p: argparse.ArgumentParser) -> None:
@@ -20,9 +31,39 @@ def add_device_seed(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="global random seed (default: 0)")
 
 
-def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> None:
-    """--ckpt plus what a foreign state_dict needs (--arch, --dataset, --normalize) and --defense."""
-    if multiple:
+def add_model_options(
+    p: argparse.ArgumentParser, *, multiple: bool = False, model_spec: bool = False
+) -> None:
+    """--ckpt plus what a foreign state_dict needs (--arch, --dataset, --normalize) and --defense;
+    with ``model_spec`` also --model (any architecture), --force-normalize and --param."""
+    if model_spec:
+        p.add_argument(
+            "--ckpt",
+            default=None,
+            metavar="PATH",
+            help="checkpoint: evalkit .pt, plain state_dict .pt/.safetensors (with --arch or "
+            "--model), TorchScript .pt, torch.export .pt2",
+        )
+        p.add_argument(
+            "--model",
+            default=None,
+            metavar="SPEC",
+            help="build the model yourself: pkg.module:factory or path/to/file.py:factory "
+            "(weights from --ckpt), or robustbench:DATASET/THREAT/NAME (offline model folder)",
+        )
+        p.add_argument(
+            "--force-normalize",
+            action="store_true",
+            help="let --normalize replace the normalization a checkpoint records",
+        )
+        p.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="defense parameter, e.g. cifs_adaptive=true or sap_frac=0.5 (repeatable)",
+        )
+    elif multiple:
         p.add_argument(
             "--ckpt",
             action="append",
@@ -32,6 +73,7 @@ def add_model_options(p: argparse.ArgumentParser, *, multiple: bool = False) -> 
         )
     else:
         p.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint (.pt) to load")
+
     p.add_argument(
         "--arch", default=None, help="architecture of a plain (foreign) state_dict, e.g. resnet18"
     )
@@ -68,7 +110,10 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
         help="let torchvision download the dataset (needs internet)",
     )
     p.add_argument(
-        "--n", type=int, default=None, help="use the first N test examples (default: all)"
+        "--n",
+        type=positive_int,
+        default=None,
+        help="use the first N test examples (default: all)",
     )
 
 
@@ -115,3 +160,29 @@ def load_eval_data(args: argparse.Namespace, meta: CheckpointMeta) -> ArraySplit
             f"labels range {int(data.y.min())}..{int(data.y.max())} but the model has {meta.num_classes} classes"
         )
     return data.first(args.n)
+
+
+def _number(value: str) -> int | float | None:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return None
+
+
+def params(items: list[str] | None) -> dict[str, object]:
+    """``KEY=VALUE`` strings -> dict; values become bool/int/float where they read as one."""
+    out: dict[str, object] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise EvalkitError(f"--param {item!r} must be KEY=VALUE (e.g. cifs_adaptive=true)")
+        key, value = (t.strip() for t in item.split("=", 1))
+        if value.lower() in ("true", "false"):
+            out[key] = value.lower() == "true"
+            continue
+        number = _number(value)
+        if number is not None and (number != number or abs(number) == float("inf")):
+            raise EvalkitError(f"--param {key}={value}: the value must be a finite number")
+        out[key] = value if number is None else number
+    return out

@@ -1,4 +1,5 @@
-"""``evalkit demo``: the offline end-to-end job (train three models, attack, analyse, report)."""
+"""``evalkit demo``: flags -> :func:`evalkit.pipelines.demo.run_demo` (the offline end-to-end job:
+train three models, attack, analyse, report)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from evalkit.errors import EvalkitError
-    from reports.demo import run_demo
+    from evalkit.pipelines.demo import run_demo
 
     threads = args.threads
     if threads is None and (os.cpu_count() or 1) <= 2:

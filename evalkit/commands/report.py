@@ -1,4 +1,5 @@
-"""``evalkit report``: render evaluation run directories into one HTML (and PDF) report."""
+"""``evalkit report``: flags -> :func:`evalkit.reporting.report` (run directories into one HTML
+and optionally PDF report)."""
 
 from __future__ import annotations
 
@@ -47,11 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from reports import build_report
+    from evalkit.reporting import report
 
-    written = build_report(
-        args.runs, args.out, analysis_dirs=args.analysis, pdf=args.pdf, title=args.title
-    )
-    for kind, path in written.items():
-        print(f"{kind.upper()} report: {Path(path).resolve()}", file=sys.stdout)
+    html = report(args.runs, analyses=args.analysis, out=args.out, pdf=args.pdf, title=args.title)
+    print(f"HTML report: {Path(html).resolve()}", file=sys.stdout)
+    if args.pdf:
+        print(f"PDF report: {Path(args.pdf).resolve()}", file=sys.stdout)
     return 0

@@ -1,4 +1,5 @@
-"""``evalkit study``: run a named reproduction study of the seed papers and judge its claims."""
+"""``evalkit study``: flags -> :func:`evalkit.pipelines.studies.run_study` (run a named
+reproduction study of the seed papers and judge its claims)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import sys
 EPILOG = """studies: channels, cas-cifs, he, sap-eot, pooling (or all)
 examples:
   evalkit study channels --scale cpu --out runs/studies
-  evalkit study all --scale cpu --out runs/studies --publish docs/studies
+  evalkit study all --scale cpu --fresh --out runs/studies --publish docs/studies
+  evalkit study cas-cifs --scale medium --data-root DIR_WITH_FASHION_MNIST
   evalkit study cas-cifs --scale gpu --device cuda --out runs/studies-gpu
+
+A step (training, evaluation, analysis) is reused only when its arguments and the bytes of its
+inputs (checkpoints, data) are unchanged; --fresh recomputes everything. Scales and steps:
+docs/studies/README.md.
 """
 
 
@@ -18,15 +24,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "study",
         help="run a named reproduction study of the seed papers",
-        description="Train, attack and analyse as a seed paper did, then judge each of its "
-        "claims as reproduced / partly / not reproduced from the measured numbers.",
+        description="Train (every model with each seed), attack and analyse as a seed paper "
+        "did, then judge each of its claims as reproduced / partly / not reproduced / "
+        "inconclusive from the measured numbers and their intervals.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", nargs="?", help="study name, or all")
     p.add_argument("--list", action="store_true", help="list the studies")
     p.add_argument(
-        "--scale", default="cpu", choices=["cpu", "gpu"], help="cpu (minutes on 2 cores) or gpu"
+        "--scale",
+        default="cpu",
+        choices=["cpu", "medium", "gpu"],
+        help="cpu (small CNN, bundled subset), medium (ResNet-18 width 16, full Fashion-MNIST, "
+        "hours on CPU) or gpu (ResNet-18, full Fashion-MNIST)",
     )
     p.add_argument("--out", default="runs/studies", help="output root (default runs/studies)")
     p.add_argument(
@@ -38,18 +49,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--publish",
         default=None,
         metavar="DIR",
-        help="copy report.html and FINDINGS.md to DIR/NAME/SCALE",
+        help="copy report.html, FINDINGS.md and findings.json to DIR/NAME/SCALE",
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="recompute every step even when its inputs are unchanged (for publication)",
     )
     p.add_argument("--dataset", default=None, help="override the scale's dataset (e.g. cifar10)")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
     p.add_argument("--eps", default=None, help="override the scale's eps (e.g. 8/255 for CIFAR)")
     p.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
+    p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default 0,1,2)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action="store_true", help="show progress bars of each step")
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    from evalkit.errors import EvalkitError
+
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise EvalkitError(
+            f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.studies import STUDIES, list_studies, run_study, scale_for
     from evalkit.errors import EvalkitError
+    from evalkit.pipelines.studies import STUDIES, StepRunner, list_studies, run_study, scale_for
 
     if args.list or not args.name:
         print(list_studies())
@@ -57,7 +88,15 @@ def run(args: argparse.Namespace) -> int:
     names = list(STUDIES) if args.name == "all" else [args.name]
     if args.name != "all" and args.name not in STUDIES:
         raise EvalkitError(f"unknown study {args.name!r} (known: {', '.join(STUDIES)}, or all)")
-    scale = scale_for(args.scale, dataset=args.dataset, eps=args.eps, epochs=args.epochs)
+    scale = scale_for(
+        args.scale,
+        dataset=args.dataset,
+        eps=args.eps,
+        epochs=args.epochs,
+        seeds=_seeds(args.seeds),
+        data_root=args.data_root,
+    )
+    runner = StepRunner(fresh=args.fresh, progress=args.progress)
     for name in names:
         cmd = shlex.join(
             [
@@ -69,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
                 *(["--dataset", args.dataset] if args.dataset else []),
                 *(["--eps", args.eps] if args.eps else []),
                 *(["--epochs", str(args.epochs)] if args.epochs else []),
+                *(["--seeds", args.seeds] if args.seeds else []),
+                "--fresh",
                 *(["--publish", args.publish] if args.publish else []),
             ]
         )
@@ -77,10 +118,10 @@ def run(args: argparse.Namespace) -> int:
             scale,
             args.out,
             device=args.device,
-            seed=args.seed,
             models_dir=args.models_dir,
             publish=args.publish,
             command=cmd,
+            runner=runner,
         )
     print(f"study results under {args.out}", file=sys.stderr)
     return 0

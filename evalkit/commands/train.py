@@ -1,13 +1,15 @@
-"""``evalkit train``: train a classifier with a defense SPEC and write a self-describing checkpoint."""
+"""``evalkit train``: flags -> :func:`evalkit.training.api.train` (train with a defense SPEC and
+write a self-describing checkpoint)."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from evalkit.defenses.spec import OBJECTIVES, PLUGINS
 from evalkit.errors import EvalkitError
 from evalkit.models import ARCHS
-from evalkit.training import TrainConfig, train
+from evalkit.training.api import train
 from evalkit.utils.parse import parse_eps
 
 EPILOG = """examples:
@@ -125,58 +127,62 @@ def _params(items: list[str]) -> dict[str, object]:
     return out
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
+def _milestones(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(m) for m in text.split(",") if m.strip()]
+    except ValueError:
+        raise EvalkitError(
+            f"--milestones {text!r} must be comma-separated epochs, e.g. 75,90"
+        ) from None
+
+
+def train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`evalkit.training.api.train` that the flags say."""
     if args.epochs < 1:
         raise EvalkitError("--epochs must be at least 1")
-    arch_kwargs = {
-        k: v
-        for k, v in {
-            "strides": args.strides,
-            "upsample": args.upsample,
-            "pool": args.pool,
-            "width": args.width,
-        }.items()
-        if v is not None
-    }
-    milestones = [int(m) for m in args.milestones.split(",")] if args.milestones else None
-    return TrainConfig(
+    return dict(
         dataset=args.dataset,
         arch=args.arch,
         defense=args.defense,
         epochs=args.epochs,
         out=args.out,
+        seed=args.seed,
+        resume=args.resume,
         batch_size=args.batch_size,
         lr=args.lr,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         schedule=args.schedule,
-        milestones=milestones,
+        milestones=_milestones(args.milestones),
         gamma=args.gamma,
         eps=parse_eps(args.eps),
         attack_steps=args.attack_steps,
         attack_step_size=parse_eps(args.attack_step_size) if args.attack_step_size else None,
         attack_bn=args.attack_bn,
         beta=args.beta,
-        defense_params=_params(args.param),
+        params=_params(args.param),
         augment=None if args.augment is None else args.augment == "on",
         normalize=not args.no_normalize,
-        arch_kwargs=arch_kwargs,
+        strides=args.strides,
+        upsample=args.upsample,
+        pool=args.pool,
+        width=args.width,
         n_train=args.n_train,
         val_size=args.val_size,
-        seed=args.seed,
         device=args.device,
         amp=args.amp,
         channels_last=args.channels_last,
         data_root=args.data_root,
         download=args.download,
-        resume=args.resume,
         init=args.init,
         progress=not args.quiet,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    path = train(config_from_args(args))
+    path = train(**train_kwargs(args))
     if not args.quiet:
         print(f"checkpoint: {path}")
     return 0

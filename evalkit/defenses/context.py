@@ -58,3 +58,26 @@ def is_stochastic(model: nn.Module) -> bool:
 def has_bounded_logits(model: nn.Module) -> bool:
     """True for HE-style cosine logits: CE attacks understate, use margin/DLR losses."""
     return _flag(model, "bounded_logits")
+
+
+def has_mask_gradients(model: nn.Module) -> bool:
+    """True when a module computes its mask from a gradient (CIFS): a faithful adaptive attack
+    differentiates through that mask instead of treating it as a constant."""
+    return any(hasattr(m, "adaptive") and hasattr(m, "probe") for m in model.modules())
+
+
+@contextmanager
+def gradients_through_masks(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Inside the block, CIFS-style masks keep the graph through their gradient computation
+    (second-order, Yan et al. 2021's adaptive setting), so attack gradients see how the mask
+    moves with the input. Forward values are unchanged; each module's setting is restored."""
+    mods = [m for m in model.modules() if hasattr(m, "adaptive") and hasattr(m, "probe")]
+    old = [(m, m.adaptive) for m in mods]
+    if enabled:
+        for m in mods:
+            m.adaptive = True
+    try:
+        yield model
+    finally:
+        for m, value in old:
+            m.adaptive = value

@@ -1,11 +1,21 @@
-"""The evaluation harness: run an attack protocol on a checkpoint and write a run directory.
+"""The evaluation harness: run an attack protocol on any model and write a run directory.
 
-``from evalkit.evaluation import evaluate, EvalConfig``; ``evaluate(EvalConfig(ckpt=...,
-attacks=[...], eps=[...], n=..., out=..., preset=...))`` returns the summary dict that is also
-written to ``out/summary.json`` (schema: ``evalkit/evaluation/README.md``).
+``from evalkit.evaluation import evaluate`` (also ``evalkit.evaluate``): see
+:func:`evalkit.evaluation.api.evaluate` and docs/protocol.md. The engine that only sees a
+model and tensors is :func:`evalkit.evaluation.engine.run_protocol`.
 """
 
-from evalkit.evaluation.harness import EvalConfig, evaluate
+from evalkit.evaluation.api import EvalResult, evaluate
+from evalkit.evaluation.budget import Budget, parse_budgets
 from evalkit.evaluation.protocol import PRESETS, AttackPlan, Preset, get_preset
 
-__all__ = ["PRESETS", "AttackPlan", "EvalConfig", "Preset", "evaluate", "get_preset"]
+__all__ = [
+    "PRESETS",
+    "AttackPlan",
+    "Budget",
+    "EvalResult",
+    "Preset",
+    "evaluate",
+    "get_preset",
+    "parse_budgets",
+]

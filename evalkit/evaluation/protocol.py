@@ -2,10 +2,13 @@
 
 A :class:`Preset` is a named, ordered list of :class:`AttackPlan` entries plus default eps and
 norm. ``default`` is DESIGN.md §6 (FGSM; PGD-20 step eps/4 with random start; CW-inf = PGD-30 on
-the per-example CW margin; AutoAttack standard). ``fast`` is a cheap stand-in for demos and
-tests; ``paper-*`` presets follow each seed paper's own evaluation script so its numbers can be
-reproduced. Adaptive additions (joint loss for auxiliary heads, EOT for randomness, DLR for
-bounded logits) are added by :func:`adapt_plans` from the model's flags, never by hand.
+the per-example CW margin; AutoAttack standard; see docs/protocol.md). ``fast`` is a cheap
+stand-in for demos and tests; ``aa-fast`` is an AutoAttack-grade evaluation with evalkit's own
+APGD-CE + APGD-T (early exit, per-iteration compaction); ``paper-*`` presets follow each seed
+paper's own evaluation script so its numbers can be reproduced. Adaptive changes (joint loss for
+auxiliary heads, differentiation through the CIFS mask, EOT for randomness, DLR for bounded
+logits) come from :func:`adapt_plans` and the model's traits, never by hand; docs/defenses.md
+tabulates them.
 
 Order matters under compaction: cheap attacks go first so the expensive ones (AutoAttack) only
 see the points that survived.
@@ -16,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from evalkit.attacks.registry import attack_names, get_attack
 from evalkit.errors import EvalkitError
 
 
@@ -42,6 +46,8 @@ class AttackPlan:
     white_box: bool = True
     uses_loss: bool = True  # False: the attack brings its own losses (AutoAttack, Square, Foolbox)
     adaptive: str | None = None  # why it was added/changed for this model (None: protocol's own)
+    through_mask: bool = False  # CIFS: gradients flow through the channel mask (adaptive)
+    probe: bool = False  # a sanity probe (Square) whose breaks count in the worst case
 
     def resolved_options(self, eps: float, norm: str = "linf") -> dict[str, Any]:
         """Attack options for one eps (step size made absolute). Relative steps are Linf rules;
@@ -69,12 +75,15 @@ class AttackPlan:
             "white_box": self.white_box,
             "uses_loss": self.uses_loss,
             "adaptive": self.adaptive,
+            "through_mask": self.through_mask,
+            "probe": self.probe,
         }
 
     def line(self) -> str:
         """One human line for the protocol printout."""
         loss = ("joint-" if self.joint else "") + self.loss
         extra = f", EOT-{self.eot}" if self.eot > 1 else ""
+        extra += ", through the CIFS mask" if self.through_mask else ""
         tag = f"  [adaptive: {self.adaptive}]" if self.adaptive else ""
         how = f" (loss {loss}{extra})" if self.uses_loss else " (its own losses)"
         return f"{self.id:<18} {self.description}{how}{tag}"
@@ -180,6 +189,31 @@ PRESETS: dict[str, Preset] = {
                 _aa("custom", attacks=["apgd-ce", "apgd-dlr"], n_iter=100, n_restarts=1),
             ),
         ),
+        Preset(
+            "aa-fast",
+            "AutoAttack-grade at a fraction of the cost: evalkit's own APGD-CE then APGD-T "
+            "(DLR-targeted, 9 targets), 100 iterations each, with per-point early exit and "
+            "per-iteration compaction (the attacks of pyautoattack version custom "
+            "[apgd-ce, apgd-t])",
+            (
+                AttackPlan(
+                    "apgd-ce",
+                    "apgd",
+                    "apgd",
+                    options={"loss": "ce", "n_iter": 100},
+                    uses_loss=False,
+                    description="APGD-CE, 100 iterations (evalkit implementation)",
+                ),
+                AttackPlan(
+                    "apgd-t",
+                    "apgd-t",
+                    "apgd-t",
+                    options={"n_iter": 100, "n_target_classes": 9},
+                    uses_loss=False,
+                    description="APGD-T (targeted DLR), 9 targets x 100 iterations (evalkit)",
+                ),
+            ),
+        ),
         Preset("pgd", "PGD-20 only (quick check; not a robustness claim)", (_pgd(20),)),
         Preset(
             "paper-cas",
@@ -233,14 +267,28 @@ def get_preset(name: str) -> Preset:
         raise EvalkitError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None
 
 
-def select_attacks(
-    preset: Preset, names: list[str] | None, norm: str, registry: dict[str, Any]
-) -> list[AttackPlan]:
-    """The preset's attacks, or the ones named by ``--attacks``.
+def _registry_plan(raw: str, name: str) -> AttackPlan:
+    """A plan for a registry attack named on the command line, with its own defaults."""
+    spec = get_attack(raw.strip() if name.startswith("foolbox:") else name)
+    return AttackPlan(
+        raw.strip() if name.startswith("foolbox:") else name,
+        spec.name,
+        "foolbox" if name.startswith("foolbox:") else name,
+        loss=spec.base_loss or "ce",
+        options=dict(spec.defaults),
+        description=spec.description or name,
+        white_box=spec.white_box,
+        uses_loss=spec.base_loss is not None,
+    )
+
+
+def select_attacks(preset: Preset, names: list[str] | None, norm: str) -> list[AttackPlan]:
+    """The preset's attacks, or the ones named by ``attacks=`` / ``--attacks``.
 
     A name first matches a family or id of the preset (``pgd`` -> the preset's PGD entry, ``cw``
-    -> CW-inf for Linf or the CW-L2 optimisation attack for L2); otherwise it is a registry
-    attack run with its own defaults (``square``, ``cw_l2``, ``foolbox:Name``).
+    -> CW-inf for Linf or the CW-L2 optimisation attack for L2), then of the default preset;
+    otherwise it is a registry attack run with its own defaults (``square``, ``cw_l2``,
+    ``foolbox:Name``). Unknown names and attacks without the norm raise :class:`EvalkitError`.
     """
     if not names:
         plans = list(preset.attacks)
@@ -255,57 +303,31 @@ def select_attacks(
             if name == "aa":
                 name = "autoattack"
             match = [p for p in preset.attacks if name in (p.id, p.family)]
-            if not match and name in {p.family for p in PRESETS["default"].attacks}:
-                match = [p for p in PRESETS["default"].attacks if p.family == name]
+            for other in ("default", "aa-fast"):
+                if not match:
+                    match = [p for p in PRESETS[other].attacks if name in (p.id, p.family)]
             if match:
                 plans.extend(match)
                 continue
-            if name.startswith("foolbox:"):
-                plans.append(
-                    AttackPlan(
-                        raw.strip(),
-                        "foolbox:" + raw.strip().split(":", 1)[1],
-                        "foolbox",
-                        description=f"Foolbox {raw.split(':', 1)[1]}",
-                        uses_loss=False,
-                    )
-                )
-                continue
-            if name not in registry:
-                known = sorted({*registry, *(p.family for p in preset.attacks), "cw"})
+            try:
+                plans.append(_registry_plan(raw, name))
+            except EvalkitError:
+                known = sorted({*attack_names(), *(p.family for p in preset.attacks), "cw"})
                 raise EvalkitError(
                     f"unknown attack {raw!r} (known: {', '.join(known)}, or foolbox:AttackName)"
-                )
-            spec = registry[name]
-            spec_loss = getattr(spec, "loss", "ce")
-            plans.append(
-                AttackPlan(
-                    name,
-                    name,
-                    name,
-                    loss=spec_loss or "ce",
-                    options=dict(spec.defaults),
-                    description=spec.description or name,
-                    white_box=name != "square",
-                    uses_loss=spec_loss is not None,
-                )
-            )
-    # unsupported norms: drop preset entries, refuse explicit ones
+                ) from None
     out = []
     for p in plans:
-        spec = registry.get(p.attack)
-        norms = (
-            tuple(getattr(spec, "norms", ("linf", "l2"))) if spec is not None else ("linf", "l2")
-        )
+        norms = tuple(get_attack(p.attack).norms)
         if norm in norms:
             out.append(p)
         elif names:
             raise EvalkitError(
-                f"attack {p.id!r} does not support --norm {norm} (it supports {', '.join(norms)})"
+                f"attack {p.id!r} does not support norm {norm} (it supports {', '.join(norms)})"
             )
     if not out:
         raise EvalkitError(
-            f"no attack of preset {preset.name!r} supports --norm {norm} (name some with --attacks)"
+            f"no attack of preset {preset.name!r} supports norm {norm} (name some attacks)"
         )
     if norm == "l2":  # relative Linf steps give way to the attack's own L2 rule
         out = [
@@ -329,10 +351,14 @@ def select_attacks(
             else p
             for p in out
         ]
-    # ids must be unique (they key the records)
+    return _unique_ids(out)
+
+
+def _unique_ids(plans: list[AttackPlan]) -> list[AttackPlan]:
+    """Ids key the records, so repeated ids get ``#2``, ``#3`` suffixes."""
     seen: dict[str, int] = {}
     uniq = []
-    for p in out:
+    for p in plans:
         k = seen.get(p.id, 0)
         seen[p.id] = k + 1
         uniq.append(p if k == 0 else replace(p, id=f"{p.id}#{k + 1}"))
@@ -347,41 +373,67 @@ class ModelTraits:
     stochastic: bool = False  # declared by a module flag (SAP)
     random_detected: bool = False  # two forward passes on one input differed
     bounded_logits: bool = False
+    mask_gradients: bool = False  # CIFS-style mask computed from a gradient (attack through it)
     beta: float = 2.0
+    num_classes: int = 10
+
+    @property
+    def random(self) -> bool:
+        return self.stochastic or self.random_detected
+
+
+def _adaptive_record(name: str, reason: str, plans: list[AttackPlan], **extra: Any) -> dict:
+    return {"name": name, "reason": reason, "attacks": [p.id for p in plans], **extra}
 
 
 def adapt_plans(
-    plans: list[AttackPlan], traits: ModelTraits, *, eot: int | None = None, loss: str | None = None
+    plans: list[AttackPlan],
+    traits: ModelTraits,
+    *,
+    eot: int | None = None,
+    loss: str | None = None,
+    explicit: bool = False,
 ) -> tuple[list[AttackPlan], list[dict[str, Any]]]:
-    """Add/strengthen attacks for the model's defense; returns (plans, adaptive records).
+    """Make the protocol adaptive to the model; returns (plans, adaptive records).
 
-    * auxiliary heads (CAS/CIFS): each gradient attack also runs on the joint loss
-      ``loss + beta * mean(loss on heads)`` (added right after its plain version);
-    * randomness (declared or detected): every gradient attack averages the loss over EOT
-      samples (default 20, as AutoAttack ``rand``) and AutoAttack switches to ``rand``;
-    * bounded logits (HE): PGD with the DLR loss is added (CE understates them).
-    ``loss`` (``--loss``) overrides the loss of every gradient attack but CW; ``eot`` overrides the
-    EOT count (1 disables, >1 forces it on even for deterministic models).
+    Every gradient attack is made adaptive in place: EOT over ``eot`` samples (default 20, as
+    AutoAttack ``rand``) for randomized models, AutoAttack/APGD with ``eot_iter`` likewise (and
+    AutoAttack ``standard`` becomes ``rand``); the joint loss for auxiliary heads; gradients
+    through the CIFS mask. Presets also *add* attacks a defense needs: a joint-loss copy of each
+    gradient attack (CAS/CIFS), a mask-adaptive joint PGD (CIFS), a DLR-loss PGD (HE). With an
+    ``explicit`` attack list nothing is added: the listed attacks are changed in place (joint,
+    through the mask) and the additions that were left out are recorded under ``left_out``.
+    ``loss`` overrides the loss of every gradient attack but CW. Fewer than 3 classes: DLR is
+    undefined and DLR-loss PGD uses the CW margin instead (recorded).
     """
-    random = traits.stochastic or traits.random_detected
+    random = traits.random
     n_eot = eot if eot is not None else (20 if random else 1)
-    adaptive: list[dict[str, Any]] = []
     out: list[AttackPlan] = []
+    left_out: dict[str, list[str]] = {}
     for p in plans:
         if loss and p.uses_loss and p.family != "cw":  # CW is defined by its margin loss
             p = replace(p, loss=loss)
+        if p.uses_loss and p.loss == "dlr" and traits.num_classes < 3:
+            p = replace(p, loss="cw", adaptive="DLR needs >= 3 classes: CW margin instead")
         if n_eot > 1 and p.uses_loss:
             p = replace(p, eot=n_eot, adaptive=p.adaptive or ("eot" if random else "eot (--eot)"))
+        if n_eot > 1 and p.attack in ("autoattack", "apgd", "apgd-t"):
+            p = replace(p, eot=n_eot, options={**p.options, "eot_iter": n_eot})
+            p = replace(p, adaptive=p.adaptive or "eot")
         if random and p.attack == "autoattack" and p.options.get("version") == "standard":
             p = replace(
                 p,
                 id="autoattack-rand",
                 options={**p.options, "version": "rand"},
-                description="AutoAttack rand (APGD-CE + APGD-DLR with EOT-20)",
+                description=f"AutoAttack rand (APGD-CE + APGD-DLR with EOT-{n_eot})",
                 adaptive="randomness",
             )
+        if explicit and p.uses_loss and not p.joint and traits.aux_heads:
+            p = replace(p, joint=True, adaptive=f"aux heads: joint loss beta={traits.beta:g}")
+        if explicit and p.uses_loss and traits.mask_gradients:
+            p = replace(p, through_mask=True, adaptive="CIFS: gradients through the mask")
         out.append(p)
-        if traits.aux_heads and p.uses_loss and not p.joint:
+        if not explicit and traits.aux_heads and p.uses_loss and not p.joint:
             out.append(
                 replace(
                     p,
@@ -391,23 +443,54 @@ def adapt_plans(
                     description=p.description + " + beta*aux-head loss",
                 )
             )
-    if traits.bounded_logits and not any(p.loss == "dlr" for p in out):
-        pos = next((i + 1 for i, p in enumerate(out) if p.attack == "pgd"), len(out))
-        pos = min(pos, next((i for i, p in enumerate(out) if p.attack == "autoattack"), len(out)))
-        dlr = replace(
-            _pgd(20, loss="dlr", pid="pgd-20-dlr"), eot=n_eot, adaptive="bounded logits: DLR loss"
+    first_pgd = next((i for i, p in enumerate(out) if p.attack == "pgd"), None)
+    before_aa = next((i for i, p in enumerate(out) if p.attack == "autoattack"), len(out))
+    if traits.mask_gradients and not explicit:
+        base = out[first_pgd] if first_pgd is not None else _pgd(20)
+        mask_plan = replace(
+            base,
+            id=f"{base.id.split('-joint')[0]}-mask",
+            joint=traits.aux_heads,
+            eot=n_eot,
+            through_mask=True,
+            adaptive="CIFS: joint loss with gradients through the mask",
+            description=base.description.split(" + beta")[0] + " through the CIFS mask",
         )
-        out.insert(pos, dlr)
-        if traits.aux_heads:
-            out.insert(pos + 1, replace(dlr, id="pgd-20-dlr-joint", joint=True))
+        out.insert(min(before_aa, len(out)), mask_plan)
+    elif traits.mask_gradients and not any(p.through_mask for p in out):
+        left_out["mask_gradients"] = ["PGD-20 with gradients through the CIFS mask"]
+    if traits.bounded_logits and not any(p.loss == "dlr" for p in out):
+        dlr_loss = "dlr" if traits.num_classes >= 3 else "cw"
+        if explicit:
+            left_out["dlr_loss"] = [f"PGD-20 with the {dlr_loss.upper()} loss"]
+        else:
+            pos = next((i + 1 for i, p in enumerate(out) if p.attack == "pgd"), len(out))
+            pos = min(pos, next((i for i, p in enumerate(out) if p.attack == "autoattack"), pos))
+            dlr = replace(
+                _pgd(20, loss=dlr_loss, pid=f"pgd-20-{dlr_loss}"),
+                eot=n_eot,
+                joint=traits.aux_heads,
+                adaptive=f"bounded logits: {dlr_loss.upper()} loss",
+            )
+            out.insert(pos, dlr)
+    if random and not any(p.attack in ("autoattack", "apgd", "apgd-t") for p in out):
+        left_out["autoattack_rand"] = [f"AutoAttack rand (APGD with EOT-{n_eot})"]
+    out = _unique_ids(out)
+    adaptive: list[dict[str, Any]] = []
+    joint = [p for p in out if p.joint]
     if traits.aux_heads:
         adaptive.append(
-            {
-                "name": "joint_loss",
-                "reason": "model has auxiliary heads (CAS/CIFS)",
-                "beta": traits.beta,
-                "attacks": [p.id for p in out if p.joint],
-            }
+            _adaptive_record(
+                "joint_loss", "model has auxiliary heads (CAS/CIFS)", joint, beta=traits.beta
+            )
+        )
+    if traits.mask_gradients:
+        adaptive.append(
+            _adaptive_record(
+                "mask_gradients",
+                "CIFS mask is computed from a gradient; these attacks differentiate through it",
+                [p for p in out if p.through_mask],
+            )
         )
     if n_eot > 1:
         why = (
@@ -415,21 +498,30 @@ def adapt_plans(
             if traits.stochastic
             else "two forward passes on the same input differed"
             if traits.random_detected
-            else "requested with --eot"
+            else "requested with eot"
         )
-        adaptive.append(
-            {"name": "eot", "reason": why, "n": n_eot, "attacks": [p.id for p in out if p.eot > 1]}
-        )
-    if random and any(p.id == "autoattack-rand" for p in out):
-        adaptive.append(
-            {"name": "autoattack_rand", "reason": "randomness", "attacks": ["autoattack-rand"]}
-        )
+        adaptive.append(_adaptive_record("eot", why, [p for p in out if p.eot > 1], n=n_eot))
+    aa_rand = [p for p in out if p.attack == "autoattack" and p.options.get("version") == "rand"]
+    if random and aa_rand:
+        adaptive.append(_adaptive_record("autoattack_rand", "randomness", aa_rand))
     if traits.bounded_logits:
         adaptive.append(
+            _adaptive_record(
+                "dlr_loss",
+                "bounded logits (HE)",
+                [p for p in out if p.loss in ("dlr",) or (p.adaptive or "").startswith("bounded")],
+            )
+        )
+    for rec in adaptive:
+        if rec["name"] in left_out:
+            rec["left_out"] = left_out.pop(rec["name"])
+    for name, what in left_out.items():
+        adaptive.append(
             {
-                "name": "dlr_loss",
-                "reason": "bounded logits (HE)",
-                "attacks": [p.id for p in out if p.loss == "dlr"],
+                "name": name,
+                "reason": "needed by the model but not in the explicit attack list",
+                "attacks": [],
+                "left_out": what,
             }
         )
     return out, adaptive

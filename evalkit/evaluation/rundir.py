@@ -22,22 +22,30 @@ from typing import Any
 from evalkit.errors import EvalkitError
 from evalkit.utils.io import atomic_write_json
 
-# settings that change results: a resumed run must match them exactly
-FINGERPRINT_KEYS = (
-    "ckpt",
-    "data",
-    "dataset",
-    "n",
-    "batch_size",
-    "eps",
-    "norm",
-    "seed",
-    "plans",
-    "compaction",
-    "arch",
-    "defense",
-    "normalize",
-)
+# settings that change results: a resumed run must match them exactly. The content hashes
+# (model_sha256: every weight; data_sha256: the evaluated tensors; checkpoint_sha256 / data_file
+# _sha256: the files' bytes) bind records to what produced them, not to paths.
+FINGERPRINT_KEYS = {
+    "model_sha256": "the model's weights",
+    "checkpoint_sha256": "the checkpoint file's bytes",
+    "data_sha256": "the evaluation data (x, y)",
+    "data_file_sha256": "the data file's bytes",
+    "n": "the number of examples",
+    "batch_size": "the batch size",
+    "eps": "eps",
+    "norm": "the norm",
+    "seed": "the seed",
+    "plans": "the attack plans",
+    "compaction": "compaction",
+    "mc_draws": "the Monte-Carlo draws",
+    "evalkit_version": "the evalkit version",
+    "torch_version": "the torch version",
+}
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, default=str)
+    return text[:19] + "..." if len(text) > 22 else text
 
 
 def unit_key(kind: str, batch: int, attack: str | None = None, eps: str | None = None) -> str:
@@ -55,16 +63,19 @@ def prepare_run_dir(out: Path, config: dict[str, Any], *, resume: bool, is_write
     exists = out.exists() and any(out.iterdir())
     if exists and not resume:
         raise EvalkitError(
-            f"--out {out} already exists: add --resume to continue it, or pick another --out"
+            f"run directory {out} already exists: resume it, or pick another out dir"
         )
     if resume and cfg_path.exists():
         old = json.loads(cfg_path.read_text())
         new = json.loads(json.dumps(config, default=str))
         diff = [k for k in FINGERPRINT_KEYS if old.get(k) != new.get(k)]
         if diff:
+            what = "; ".join(
+                f"{FINGERPRINT_KEYS[k]} changed ({_short(old.get(k))} -> {_short(new.get(k))})"
+                for k in diff
+            )
             raise EvalkitError(
-                f"cannot --resume {out}: it was started with different "
-                f"{', '.join(diff)} (use the same flags, or another --out)"
+                f"cannot resume {out}: {what} (evaluate the same inputs, or use a new out dir)"
             )
     if is_writer:
         (out / "records").mkdir(parents=True, exist_ok=True)

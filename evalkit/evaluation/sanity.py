@@ -1,9 +1,11 @@
 """Cheap checks that an evaluation can be trusted (in the spirit of AutoAttack's checks.py).
 
 Each check returns flags ``{"id", "severity", "message"}`` (severity ``info``, ``warning`` or
-``error``). They run on a few examples (``SANITY_N``) so they cost seconds, and all but the
-randomness probe are skipped with ``--no-sanity``. A warning does not stop the run: it tells
-the reader which number not to trust and why.
+``error``). A warning does not stop the run: it tells the reader which number not to trust and
+why. :func:`run_checks` orchestrates them within a budget: together the model-probing checks
+cost at most :data:`BUDGET_SHARE` of the protocol's own attack propagations, sizing their sample
+and iterations to fit; a check that cannot fit says so in a flag instead of vanishing. The Square
+probe is an attack like any other: the points it breaks count in the worst case.
 """
 
 from __future__ import annotations
@@ -16,11 +18,18 @@ import torch.nn as nn
 
 from evalkit.attacks.losses import AttackLoss
 from evalkit.attacks.pgd import pgd
-from evalkit.utils.seeding import make_generator
+from evalkit.evaluation.budget import Budget
+from evalkit.evaluation.protocol import AttackPlan, ModelTraits
+from evalkit.evaluation.rundir import unit_key
+from evalkit.evaluation.units import CostCounter, attack_unit, build_loss
+from evalkit.utils.seeding import derive_seed, make_generator
 
-SANITY_N = 64  # examples used by the model-probing checks
-SQUARE_N = 32  # white-box-robust examples given to the Square check
-SQUARE_QUERIES = 300
+SANITY_N = 64  # at most this many examples for the gradient and huge-eps checks
+SQUARE_N = 32  # at most this many white-box-robust examples given to the Square probe
+SQUARE_QUERIES = 300  # at most this many Square queries per point
+SQUARE_MIN_QUERIES = 50
+BUDGET_SHARE = 0.25  # checks cost at most this share of the protocol's attack propagations
+SHARES = {"gradients": 0.1, "huge_eps": 0.3, "square": 0.6}
 HUGE_EPS = 0.5  # Linf: every image can reach mid-grey, so no honest model survives it
 
 Flag = dict[str, Any]
@@ -35,7 +44,7 @@ def check_eps_monotone(summary: dict[str, Any]) -> list[Flag]:
     flags = []
     worst = sorted(summary["worst_case"], key=lambda w: w["eps_value"])
     for a, b in zip(worst, worst[1:]):
-        if b["n_robust"] > a["n_robust"]:
+        if b["robust_accuracy"] > a["robust_accuracy"] + 1e-12:
             flags.append(
                 flag(
                     "accuracy_not_falling_with_eps",
@@ -105,6 +114,7 @@ def check_huge_eps(
     loss: AttackLoss,
     num_classes: int,
     seed: int,
+    steps: int = 20,
 ) -> list[Flag]:
     """PGD at Linf eps 0.5 must bring accuracy to chance or below; if not, gradients lie."""
     if not len(x):
@@ -114,7 +124,7 @@ def check_huge_eps(
         x,
         y,
         HUGE_EPS,
-        steps=20,
+        steps=steps,
         step_size=HUGE_EPS / 8,
         loss=loss,
         generator=make_generator(seed),
@@ -127,45 +137,10 @@ def check_huge_eps(
             flag(
                 "accuracy_above_chance_at_huge_eps",
                 "warning",
-                f"PGD-20 at Linf eps {HUGE_EPS} leaves {100 * acc:.1f}% accuracy on {len(x)} "
+                f"PGD-{steps} at Linf eps {HUGE_EPS} leaves {100 * acc:.1f}% accuracy on {len(x)} "
                 f"examples (chance {100 * chance:.1f}%): the attacks are not working on this "
                 "model, so its robust accuracy is an overestimate",
                 accuracy=acc,
-            )
-        ]
-    return []
-
-
-def check_square(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps_label: str,
-    eps: float,
-    norm: str,
-    seed: int,
-    registry: dict[str, Any],
-    n_queries: int = SQUARE_QUERIES,
-) -> list[Flag]:
-    """Run black-box Square on examples every white-box attack failed on; any success means
-    the white-box attacks were misled (gradient masking)."""
-    spec = registry.get("square")
-    if spec is None or norm not in getattr(spec, "norms", ("linf",)) or not len(x):
-        return []
-    opts = dict(spec.defaults)
-    if "n_queries" in opts:
-        opts["n_queries"] = min(int(opts["n_queries"]), int(n_queries))
-    x_adv = spec.fn(model, x, y, eps, norm=norm, loss="ce", generator=make_generator(seed), **opts)
-    with torch.no_grad():
-        broken = int((model(x_adv.to(x.device)).argmax(1) != y).sum())
-    if broken:
-        return [
-            flag(
-                "black_box_beats_white_box",
-                "warning",
-                f"Square (black-box) broke {broken}/{len(x)} examples at eps {eps_label} that "
-                "all white-box attacks failed on: gradient masking likely, trust the "
-                "black-box number",
             )
         ]
     return []
@@ -185,3 +160,205 @@ def check_square_in_suite(summary: dict[str, Any], square_ids: Sequence[str]) ->
                 )
             )
     return flags
+
+
+def over_budget(check: str, need: int, have: int) -> Flag:
+    return flag(
+        "sanity_check_over_budget",
+        "info",
+        f"the {check} check did not run: even its smallest size needs {need:,} propagations and "
+        f"its share of the sanity budget ({100 * BUDGET_SHARE:.0f}% of the protocol's attack "
+        f"cost) is {have:,}; run a larger evaluation or check by hand",
+        check=check,
+    )
+
+
+def randomness_flags(traits: ModelTraits, draws: int) -> list[Flag]:
+    """Say how randomness was handled (scored over ``draws`` passes, EOT in every gradient)."""
+    if traits.stochastic:
+        return [
+            flag(
+                "randomness_detected",
+                "info",
+                "the model declares a stochastic defense: gradient attacks use EOT and every "
+                f"candidate is scored over {draws} forward passes (Monte Carlo)",
+            )
+        ]
+    if traits.random_detected:
+        return [
+            flag(
+                "randomness_detected",
+                "warning",
+                "two forward passes on the same input differed although no module declares "
+                f"randomness: EOT was turned on and candidates are scored over {draws} passes; "
+                "check the model for dropout/noise left active at test",
+            )
+        ]
+    return []
+
+
+def nonfinite_flags(summary: dict[str, Any]) -> list[Flag]:
+    """NaN/inf logits are never counted correct; say where they appeared."""
+    n_clean = summary.get("nonfinite_clean_logits", 0)
+    n_adv = sum(r.get("nonfinite_logits", 0) for r in summary["results"])
+    if not (n_clean or n_adv):
+        return []
+    return [
+        flag(
+            "nonfinite_logits",
+            "warning",
+            f"the model produced NaN/inf logits on {n_clean} clean and {n_adv} adversarial "
+            "inputs; those predictions were counted as wrong",
+        )
+    ]
+
+
+def square_probe_plan(queries: int) -> AttackPlan:
+    """The black-box probe: Square on white-box survivors; its breaks count in the worst case."""
+    return AttackPlan(
+        "square-probe",
+        "square",
+        "square",
+        options={"n_queries": int(queries), "p_init": 0.8},
+        white_box=False,
+        uses_loss=False,
+        probe=True,
+        description=f"sanity probe: Square (black-box, {queries} queries) on white-box survivors",
+    )
+
+
+def run_checks(
+    model: nn.Module,
+    fetch: Any,
+    df: Any,
+    summary: dict[str, Any],
+    plans: Sequence[AttackPlan],
+    budgets: Sequence[Budget],
+    traits: ModelTraits,
+    *,
+    seed: int,
+    draws: int,
+    device: torch.device,
+    counter: CostCounter,
+    records: dict[str, dict[str, Any]],
+    record: Any,
+) -> tuple[list[Flag], list[AttackPlan], dict[str, Any]]:
+    """Model-probing checks within :data:`BUDGET_SHARE` of the protocol's attack cost.
+
+    ``fetch(index) -> (x, y)`` gives examples; ``df``/``summary`` are the protocol's results so
+    far. Returns (flags, probe plans whose records were added, sanity cost block). The model must
+    be in attack mode.
+    """
+    flags: list[Flag] = check_eps_monotone(summary)
+    proto = summary["cost"]["protocol"]
+    budget = int(BUDGET_SHARE * (proto["forward_passes"] + proto["backward_passes"]))
+    f0, b0 = counter.snapshot()
+    correct = df.loc[df["clean_p"] > 0, "index"].to_numpy()
+    probes: list[AttackPlan] = []
+    grad_plan = next((p for p in plans if p.uses_loss and p.joint), None) or next(
+        (p for p in plans if p.uses_loss), None
+    )
+    eot = grad_plan.eot if grad_plan else (20 if traits.random else 1)
+    loss = build_loss(grad_plan or AttackPlan("ce", "pgd", "pgd", eot=eot), traits.beta)
+    if len(correct):
+        # gradients: one forward+backward per EOT sample and point
+        per = 2 * eot
+        n = min(SANITY_N, len(correct), int(SHARES["gradients"] * budget) // per)
+        if n >= 1:
+            x, y = (t.to(device) for t in fetch(torch.as_tensor(correct[:n].copy())))
+            torch.manual_seed(derive_seed(seed, "sanity"))
+            flags += check_gradients(model, x, y, loss)
+        else:
+            flags.append(over_budget("gradient", per, int(SHARES["gradients"] * budget)))
+        # huge eps: the largest of PGD-20/10/5 that fits on >= 8 points
+        share = int(SHARES["huge_eps"] * budget)
+        for steps in (20, 10, 5):
+            per = 2 * steps * eot + draws
+            n = min(SANITY_N, len(correct), share // per)
+            if n >= min(8, len(correct)):
+                x, y = (t.to(device) for t in fetch(torch.as_tensor(correct[:n].copy())))
+                flags += check_huge_eps(
+                    model,
+                    x,
+                    y,
+                    loss,
+                    traits.num_classes,
+                    derive_seed(seed, "huge-eps"),
+                    steps=steps,
+                )
+                break
+        else:
+            flags.append(over_budget("huge-eps PGD", 8 * (10 * eot + draws), share))
+    square_ids = [
+        p.id
+        for i, p in enumerate(plans)
+        if p.attack == "square" and any(q.white_box for q in plans[:i])
+    ]
+    if any(p.attack == "square" for p in plans):
+        flags += check_square_in_suite(summary, square_ids)
+    else:
+        used = (counter.snapshot()[0] - f0) + (counter.snapshot()[1] - b0)
+        left = max(budget - used, 0)
+        for bud in budgets:
+            share = left // len(budgets)
+            alive = df.loc[df[f"worst@{bud.label}:score"] > 0, "index"].to_numpy()
+            if not len(alive):
+                continue
+            # cost ~ n * (queries + 1 init + draws scoring passes)
+            n = min(SQUARE_N, len(alive))
+            queries = min(SQUARE_QUERIES, share // n - draws - 2)
+            if queries < SQUARE_MIN_QUERIES:
+                n = min(n, share // (SQUARE_MIN_QUERIES + draws + 2))
+                queries = SQUARE_MIN_QUERIES
+            if n < min(4, len(alive)):
+                flags.append(over_budget("Square probe", 4 * SQUARE_MIN_QUERIES * draws, share))
+                continue
+            plan = square_probe_plan(queries)
+            probes.append(plan)
+            key = unit_key("attack", "probe", plan.id, bud.label)
+            if key not in records:
+                idx = torch.as_tensor(alive[:n].copy(), dtype=torch.long)
+                x, y = (t.to(device) for t in fetch(idx))
+                rec = attack_unit(
+                    model,
+                    x,
+                    y,
+                    idx,
+                    plan,
+                    bud,
+                    "probe",
+                    derive_seed(seed, "square", bud.label),
+                    counter,
+                    beta=traits.beta,
+                    draws=draws,
+                    num_classes=traits.num_classes,
+                )
+                records[key] = rec
+                record(rec)
+            rec = records[key]
+            broken = sum(1 for p in rec["p"] if p < 1)
+            if broken:
+                flags.append(
+                    flag(
+                        "black_box_beats_white_box",
+                        "warning",
+                        f"Square (black-box, {queries} queries) broke {broken}/{len(rec['p'])} "
+                        f"examples at eps {bud.label} that every white-box attack failed on: "
+                        "gradient masking likely; these breaks are counted in the worst case",
+                        broken=broken,
+                    )
+                )
+    f1, b1 = counter.snapshot()
+    probe_cost = sum(r["fwd"] + r["bwd"] for r in records.values() if r.get("kind") == "probe")
+    spent = (f1 - f0) + (b1 - b0)
+    spent = max(spent, probe_cost)
+    base = proto["forward_passes"] + proto["backward_passes"]
+    cost = {
+        "forward_passes": int(f1 - f0),
+        "backward_passes": int(b1 - b0),
+        "propagations": int(spent),
+        "budget": budget,
+        "share_of_protocol": spent / base if base else 0.0,
+        "limit_share": BUDGET_SHARE,
+    }
+    return flags, probes, cost

@@ -1,6 +1,14 @@
 """From unit records to per-example outcomes, the summary numbers, examples.parquet and the
 printed table. Pure functions of the records, so a resumed, sharded or uninterrupted run that
-holds the same records produces the same summary."""
+holds the same records produces the same summary.
+
+Scoring (see :mod:`evalkit.evaluation.scoring`): every record carries ``p``, the probability
+that the model classifies that candidate correctly (0/1 for deterministic models, a Monte-Carlo
+estimate for randomized ones). A point's *robust score* at one eps is the minimum of ``p`` over
+its clean input and every candidate of every attack that ran on it, sanity probes included, so
+any break at any iterate of any attack counts. Robust accuracy is the mean robust score;
+"all draws" counts the points whose score is 1 (correct on every draw of every candidate).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from evalkit.evaluation.budget import Budget
 from evalkit.evaluation.protocol import AttackPlan
 from evalkit.evaluation.rundir import unit_key
+from evalkit.evaluation.scoring import mc_standard_error
 
 
 def robust_before(
@@ -23,70 +33,103 @@ def robust_before(
     eps_label: str,
     compaction: bool,
 ) -> dict[int, bool]:
-    """Per example of ``batch``: still robust before attack number ``upto``.
+    """Per example of ``batch``: still worth attacking before attack number ``upto``.
 
-    With compaction it is clean-correct and unbroken by attacks ``0..upto-1``; without it,
-    clean-correct only (every attack sees every correctly classified point)."""
+    A point is alive while its running robust score is above 0: clean ``p > 0`` and, with
+    compaction, ``p > 0`` on every earlier attack's candidate (a randomized point that some draws
+    still classify correctly keeps being attacked)."""
     clean = records[unit_key("clean", batch)]
-    alive = {i: p == y for i, p, y in zip(clean["index"], clean["pred"], clean["label"])}
+    alive = {i: p > 0 for i, p in zip(clean["index"], clean["p"])}
     if not compaction:
         return alive
-    label = dict(zip(clean["index"], clean["label"]))
     for plan in plans[:upto]:
         rec = records[unit_key("attack", batch, plan.id, eps_label)]
-        for i, p in zip(rec["index"], rec["pred"]):
-            if p != label[i]:
+        for i, p in zip(rec["index"], rec["p"]):
+            if p <= 0:
                 alive[i] = False
     return alive
 
 
+def _by_attack(records: dict[str, dict[str, Any]]) -> dict[tuple[str, str], list[dict]]:
+    out: dict[tuple[str, str], list[dict]] = {}
+    for r in records.values():
+        if r.get("kind") in ("attack", "probe"):
+            out.setdefault((r["attack"], r["eps"]), []).append(r)
+    return out
+
+
 def per_example_table(
     records: dict[str, dict[str, Any]],
-    n_batches: int,
     plans: Sequence[AttackPlan],
-    eps_labels: Sequence[str],
+    budgets: Sequence[Budget],
     compaction: bool,
     class_names: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """One row per example: index, label, clean prediction/margin, and per attack and eps the
-    adversarial prediction (-1 when the point was not attacked), margin, perturbation norm and
-    whether the point is still robust after that attack (cumulative under compaction)."""
-    cols: dict[str, list[Any]] = {"index": [], "label": [], "clean_pred": [], "clean_margin": []}
-    clean_recs = [records[unit_key("clean", b)] for b in range(n_batches)]
+    """One row per example.
+
+    Columns: ``index``, ``label``, ``clean_pred``, ``clean_margin``, ``clean_p`` (P(correct)),
+    ``clean_correct`` (p == 1); per attack and eps ``<id>@<eps>:pred`` (-1: not attacked; -2: no
+    finite logits), ``:margin``, ``:norm``, ``:p`` (NaN: not attacked) and ``:score`` (the robust
+    score after this attack: cumulative under compaction, else this attack alone with the clean
+    input); per eps ``worst@<eps>:score``, ``worst@<eps>:robust`` (score == 1) and
+    ``worst@<eps>:broken_by`` (the first candidate, ``clean`` or an attack id, at which the score
+    reached its final value; empty when robust).
+    """
+    clean_recs = sorted(
+        (r for r in records.values() if r.get("kind") == "clean"), key=lambda r: r["batch"]
+    )
+    cols: dict[str, list[Any]] = {
+        "index": [],
+        "label": [],
+        "clean_pred": [],
+        "clean_margin": [],
+        "clean_p": [],
+    }
     for rec in clean_recs:
         cols["index"] += rec["index"]
         cols["label"] += rec["label"]
         cols["clean_pred"] += rec["pred"]
-        cols["clean_margin"] += rec["margin"]
+        cols["clean_margin"] += [np.nan if m is None else m for m in rec["margin"]]
+        cols["clean_p"] += rec["p"]
     df = pd.DataFrame(cols)
-    df["clean_correct"] = df["clean_pred"] == df["label"]
+    df["clean_margin"] = df["clean_margin"].astype(float)
+    df["clean_p"] = df["clean_p"].astype(float)
+    df["clean_correct"] = df["clean_p"] >= 1.0
     pos = {i: k for k, i in enumerate(df["index"].tolist())}
     n = len(df)
-    for eps in eps_labels:
-        worst = df["clean_correct"].to_numpy().copy()
+    grouped = _by_attack(records)
+    clean_p = df["clean_p"].to_numpy()
+    for b in budgets:
+        running = clean_p.copy()
+        broken_by = np.where(clean_p < 1.0, "clean", "").astype(object)
         for plan in plans:
             pred = np.full(n, -1, dtype=np.int64)
             margin = np.full(n, np.nan)
             norm = np.full(n, np.nan)
-            for b in range(n_batches):
-                rec = records[unit_key("attack", b, plan.id, eps)]
+            p = np.full(n, np.nan)
+            for rec in grouped.get((plan.id, b.label), []):
                 where = [pos[i] for i in rec["index"]]
                 if where:
                     pred[where] = rec["pred"]
-                    margin[where] = rec["margin"]
+                    margin[where] = [np.nan if m is None else m for m in rec["margin"]]
                     norm[where] = rec["norm"]
-            broken = (pred != -1) & (pred != df["label"].to_numpy())
-            prefix = f"{plan.id}@{eps}"
+                    p[where] = rec["p"]
+            attacked = ~np.isnan(p)
+            lowered = attacked & (p < running)
+            broken_by[lowered] = plan.id
+            running = np.where(attacked, np.minimum(running, np.nan_to_num(p, nan=1.0)), running)
+            prefix = f"{plan.id}@{b.label}"
             df[f"{prefix}:pred"] = pred
             df[f"{prefix}:margin"] = margin
             df[f"{prefix}:norm"] = norm
+            df[f"{prefix}:p"] = p
             if compaction:
-                worst = worst & ~broken
-                df[f"{prefix}:robust"] = worst.copy()
+                df[f"{prefix}:score"] = running.copy()
             else:
-                df[f"{prefix}:robust"] = df["clean_correct"].to_numpy() & ~broken
-                worst = worst & ~broken
-        df[f"worst@{eps}:robust"] = worst
+                df[f"{prefix}:score"] = np.where(attacked, np.minimum(clean_p, p), clean_p)
+        df[f"worst@{b.label}:score"] = running
+        df[f"worst@{b.label}:robust"] = running >= 1.0
+        df[f"worst@{b.label}:broken_by"] = np.where(running >= 1.0, "", broken_by).astype(str)
     if class_names:
         df.insert(
             2,
@@ -96,110 +139,178 @@ def per_example_table(
     return df.sort_values("index", kind="stable").reset_index(drop=True)
 
 
-def _frac(k: int, n: int) -> float:
+def _frac(k: float, n: int) -> float:
     return float(k) / n if n else float("nan")
+
+
+def _cost(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "forward_passes": int(sum(r.get("fwd", 0) for r in recs)),
+        "backward_passes": int(sum(r.get("bwd", 0) for r in recs)),
+        "time_s": float(sum(r.get("time", 0.0) for r in recs)),
+    }
 
 
 def summarize(
     df: pd.DataFrame,
     records: dict[str, dict[str, Any]],
     plans: Sequence[AttackPlan],
-    eps_list: Sequence[tuple[str, float]],
+    budgets: Sequence[Budget],
     compaction: bool,
     num_classes: int,
     class_names: Sequence[str] = (),
+    draws: int = 1,
 ) -> dict[str, Any]:
-    """The numeric part of summary.json (results, worst_case, per_class, counts, cost)."""
+    """The numeric part of summary.json (scoring, results, worst_case, per_class, cost)."""
     n = len(df)
-    n_clean = int(df["clean_correct"].sum())
+    labels = df["label"].to_numpy()
+    clean_p = df["clean_p"].to_numpy()
     results = []
-    for eps_label, eps in eps_list:
+    for b in budgets:
         for plan in plans:
-            prefix = f"{plan.id}@{eps_label}"
-            attacked = int((df[f"{prefix}:pred"] != -1).sum())
-            broken = int(
-                ((df[f"{prefix}:pred"] != -1) & (df[f"{prefix}:pred"] != df["label"])).sum()
-            )
-            robust = int(df[f"{prefix}:robust"].sum())
+            prefix = f"{plan.id}@{b.label}"
+            p = df[f"{prefix}:p"].to_numpy()
+            attacked = ~np.isnan(p)
+            score = df[f"{prefix}:score"].to_numpy()
             recs = [
                 r
                 for r in records.values()
-                if r.get("attack") == plan.id and r.get("eps") == eps_label
+                if r.get("attack") == plan.id and r.get("eps") == b.label
             ]
-            norms = df.loc[df[f"{prefix}:pred"] != -1, f"{prefix}:norm"]
+            norms = df.loc[attacked, f"{prefix}:norm"]
             results.append(
                 {
                     "attack": plan.id,
-                    "eps": eps_label,
-                    "eps_value": eps,
-                    "robust_accuracy": _frac(robust, n),
-                    "n_robust": robust,
-                    "n_attacked": attacked,
-                    "n_broken": broken,
+                    "eps": b.label,
+                    "eps_value": b.value,
+                    "norm": b.norm,
+                    "robust_accuracy": _frac(score.sum(), n),
+                    "n_robust": int((score >= 1.0).sum()),
+                    "n_attacked": int(attacked.sum()),
+                    "n_broken": int((attacked & (p < 1.0)).sum()),
                     "cumulative": compaction,
+                    "probe": plan.probe,
                     "loss": plan.loss,
                     "joint": plan.joint,
                     "eot": plan.eot,
+                    "through_mask": plan.through_mask,
                     "white_box": plan.white_box,
                     "adaptive": plan.adaptive,
                     "max_norm": float(norms.max()) if len(norms) else 0.0,
                     "ball_violations": int(sum(r.get("violations", 0) for r in recs)),
+                    "nonfinite_logits": int(sum(r.get("nonfinite", 0) for r in recs)),
                     "forward_passes": int(sum(r["fwd"] for r in recs)),
                     "backward_passes": int(sum(r["bwd"] for r in recs)),
+                    "details": next((r["details"] for r in recs if r.get("details")), None),
                 }
             )
     worst = []
-    for eps_label, eps in eps_list:
-        k = int(df[f"worst@{eps_label}:robust"].sum())
+    for b in budgets:
+        score = df[f"worst@{b.label}:score"].to_numpy()
+        by = df[f"worst@{b.label}:broken_by"]
         worst.append(
-            {"eps": eps_label, "eps_value": eps, "robust_accuracy": _frac(k, n), "n_robust": k}
+            {
+                "eps": b.label,
+                "eps_value": b.value,
+                "norm": b.norm,
+                "robust_accuracy": _frac(score.sum(), n),
+                "n_robust": int((score >= 1.0).sum()),
+                "robust_accuracy_all_draws": _frac(int((score >= 1.0).sum()), n),
+                "mc_std_error": mc_standard_error(score.tolist(), draws),
+                "broken_by": {k: int(v) for k, v in by[by != ""].value_counts().items()},
+            }
         )
     per_class = []
     for c in range(num_classes):
-        sel = df["label"] == c
+        sel = labels == c
         m = int(sel.sum())
-        entry = {
-            "class": c,
-            "name": class_names[c] if c < len(class_names) else str(c),
-            "n": m,
-            "clean_accuracy": _frac(int(df.loc[sel, "clean_correct"].sum()), m),
-            "robust_accuracy": {
-                e: _frac(int(df.loc[sel, f"worst@{e}:robust"].sum()), m) for e, _ in eps_list
-            },
-        }
-        per_class.append(entry)
-    fwd = int(sum(r["fwd"] for r in records.values()))
-    bwd = int(sum(r["bwd"] for r in records.values()))
+        per_class.append(
+            {
+                "class": c,
+                "name": class_names[c] if c < len(class_names) else str(c),
+                "n": m,
+                "clean_accuracy": _frac(clean_p[sel].sum(), m),
+                "robust_accuracy": {
+                    b.label: _frac(df.loc[sel, f"worst@{b.label}:score"].sum(), m) for b in budgets
+                },
+            }
+        )
+    all_recs = list(records.values())
+    clean = _cost([r for r in all_recs if r.get("kind") == "clean"])
+    protocol = _cost([r for r in all_recs if r.get("kind") == "attack"])
+    probes = _cost([r for r in all_recs if r.get("kind") == "probe"])
     return {
         "n_examples": n,
-        "n_clean_correct": n_clean,
-        "clean_accuracy": _frac(n_clean, n),
+        "n_clean_correct": int((clean_p >= 1.0).sum()),
+        "clean_accuracy": _frac(clean_p.sum(), n),
+        "clean_accuracy_all_draws": _frac(int((clean_p >= 1.0).sum()), n),
+        "clean_mc_std_error": mc_standard_error(clean_p.tolist(), draws),
+        "nonfinite_clean_logits": int(
+            sum(r.get("nonfinite", 0) for r in all_recs if r.get("kind") == "clean")
+        ),
+        "scoring": scoring_block(draws),
         "results": results,
         "worst_case": worst,
         "per_class": per_class,
         "cost": {
-            "forward_passes": fwd,
-            "backward_passes": bwd,
-            "attack_time_s": float(sum(r.get("time", 0.0) for r in records.values())),
+            "forward_passes": clean["forward_passes"]
+            + protocol["forward_passes"]
+            + probes["forward_passes"],
+            "backward_passes": clean["backward_passes"]
+            + protocol["backward_passes"]
+            + probes["backward_passes"],
+            "attack_time_s": protocol["time_s"] + probes["time_s"],
+            "clean": clean,
+            "protocol": protocol,
+            "sanity_probes": probes,
         },
+    }
+
+
+def scoring_block(draws: int) -> dict[str, Any]:
+    """What ``p`` and robust accuracy mean in this run (summary.json ``scoring``)."""
+    if draws <= 1:
+        return {
+            "semantics": "exact",
+            "draws": 1,
+            "description": "deterministic model: one forward pass per candidate; a point is "
+            "robust if its clean input and every candidate of every attack (best iterate, "
+            "sanity probes included) are classified correctly",
+        }
+    return {
+        "semantics": "monte-carlo",
+        "draws": draws,
+        "description": f"randomized model: each candidate is classified {draws} times; p = "
+        "fraction of correct draws; a point's robust score is the minimum p over its clean "
+        "input and every candidate of every attack; robust accuracy is the mean score; "
+        "'all draws' counts points correct on every draw of every candidate",
     }
 
 
 def format_table(summary: dict[str, Any]) -> str:
     """The table printed at the end of a run."""
-    lines = [
-        f"clean accuracy: {100 * summary['clean_accuracy']:.2f}%  "
-        f"({summary['n_clean_correct']}/{summary['n_examples']})"
-    ]
+    mc = summary.get("scoring", {}).get("semantics") == "monte-carlo"
+    clean = f"clean accuracy: {100 * summary['clean_accuracy']:.2f}%"
+    if mc:
+        clean += (
+            f" (Monte-Carlo over {summary['scoring']['draws']} draws, s.e. "
+            f"{100 * summary['clean_mc_std_error']:.2f}; correct on all draws: "
+            f"{100 * summary['clean_accuracy_all_draws']:.2f}%)"
+        )
+    else:
+        clean += f"  ({summary['n_clean_correct']}/{summary['n_examples']})"
+    lines = [clean]
     head = "cumulative robust acc (compaction)" if summary.get("compaction") else "robust acc"
-    lines.append(f"{'attack':<22}{'eps':<10}{head:>36}{'attacked':>10}{'broken':>8}")
+    lines.append(f"{'attack':<24}{'eps':<10}{head:>36}{'attacked':>10}{'broken':>8}")
     for r in summary["results"]:
+        name = r["attack"] + (" (probe)" if r.get("probe") else "")
         lines.append(
-            f"{r['attack']:<22}{r['eps']:<10}{100 * r['robust_accuracy']:>35.2f}%"
+            f"{name:<24}{r['eps']:<10}{100 * r['robust_accuracy']:>35.2f}%"
             f"{r['n_attacked']:>10}{r['n_broken']:>8}"
         )
     for w in summary["worst_case"]:
-        lines.append(f"{'worst case':<22}{w['eps']:<10}{100 * w['robust_accuracy']:>35.2f}%")
+        extra = f"  (all draws {100 * w['robust_accuracy_all_draws']:.2f}%)" if mc else ""
+        lines.append(f"{'worst case':<24}{w['eps']:<10}{100 * w['robust_accuracy']:>35.2f}%{extra}")
     for f in summary.get("flags", []):
         lines.append(f"[{f['severity']}] {f['id']}: {f['message']}")
     return "\n".join(lines)
@@ -213,4 +324,6 @@ def json_safe(obj: Any) -> Any:
         return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
     return obj

@@ -1,23 +1,28 @@
 """Units of work: the clean pass over one batch, and one attack on one batch at one eps.
 
-Each unit returns a plain-JSON record (global example indices, predictions, margins,
-perturbation norms, its own cost), so records can be appended to disk, shipped between ranks
-and re-read on resume without changing a single number.
+Each unit returns a plain-JSON record (global example indices, predictions, margins, the
+probability of a correct prediction ``p`` (exact 0/1 for deterministic models, a Monte-Carlo
+estimate over ``draws`` forward passes for randomized ones), perturbation norms, its own cost),
+so records can be appended to disk, shipped between ranks and re-read on resume without changing
+a single number.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from evalkit.attacks.eot import eot_loss
 from evalkit.attacks.losses import AttackLoss, make_loss
-from evalkit.evaluation.compat import eot_loss
+from evalkit.attacks.registry import get_attack
+from evalkit.defenses.context import gradients_through_masks
+from evalkit.evaluation.budget import Budget
 from evalkit.evaluation.protocol import AttackPlan
 from evalkit.evaluation.rundir import unit_key
+from evalkit.evaluation.scoring import Scores, score
 from evalkit.utils.seeding import make_generator
 
 BALL_TOL = 1e-5
@@ -55,14 +60,6 @@ class CostCounter:
         self._handle.remove()
 
 
-def margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``z_y - max_{j != y} z_j``: positive when correct, its size is the confidence."""
-    true = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.clone()
-    other.scatter_(1, y[:, None], float("-inf"))
-    return true - other.max(1).values
-
-
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
     flat = delta.flatten(1)
     return flat.abs().amax(1) if norm == "linf" else flat.norm(dim=1)
@@ -91,6 +88,17 @@ def project_valid(
     return (x + delta).clamp(0, 1), int(bad.sum())
 
 
+def _scored(rec: dict[str, Any], s: Scores) -> dict[str, Any]:
+    rec.update(
+        pred=s.pred.cpu().tolist(),
+        margin=[None if m != m else m for m in s.margin.cpu().tolist()],
+        p=s.p_correct.cpu().tolist(),
+        nonfinite=int(s.nonfinite.sum()),
+        draws=s.draws,
+    )
+    return rec
+
+
 def clean_unit(
     model: nn.Module,
     x: torch.Tensor,
@@ -99,26 +107,23 @@ def clean_unit(
     batch: int,
     counter: CostCounter,
     seed: int,
+    draws: int = 1,
 ) -> dict[str, Any]:
-    """Predictions and margins on the unperturbed batch."""
+    """Predictions, margins and P(correct) over ``draws`` passes on the unperturbed batch."""
     t0 = time.perf_counter()
     f0, b0 = counter.snapshot()
     torch.manual_seed(seed)
-    with torch.no_grad():
-        logits = model(x)
-    f1, b1 = counter.snapshot()
-    return {
+    rec: dict[str, Any] = {
         "key": unit_key("clean", batch),
         "kind": "clean",
         "batch": batch,
         "index": index.tolist(),
         "label": y.cpu().tolist(),
-        "pred": logits.argmax(1).cpu().tolist(),
-        "margin": margins(logits, y).cpu().tolist(),
-        "fwd": f1 - f0,
-        "bwd": b1 - b0,
-        "time": time.perf_counter() - t0,
     }
+    _scored(rec, score(model, x, y, draws))
+    f1, b1 = counter.snapshot()
+    rec.update(fwd=f1 - f0, bwd=b1 - b0, time=time.perf_counter() - t0)
+    return rec
 
 
 def build_loss(plan: AttackPlan, beta: float) -> AttackLoss:
@@ -127,62 +132,105 @@ def build_loss(plan: AttackPlan, beta: float) -> AttackLoss:
     return eot_loss(loss, plan.eot) if plan.eot > 1 else loss
 
 
+def run_attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    plan: AttackPlan,
+    budget: Budget,
+    *,
+    seed: int,
+    beta: float,
+    deterministic: bool,
+    num_classes: int,
+    details: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """Run one plan on (x, y) and return its candidate ``x_adv`` (best iterate where the attack
+    is iterative; per-point early exit only for deterministic models, where one misclassified
+    forward pass is a certain break). ``details`` receives what an attack reports it ran
+    (AutoAttack: sub-attacks, skipped ones with reasons, EOT per sub-attack)."""
+    spec = get_attack(plan.attack)
+    options = plan.resolved_options(budget.value, budget.norm)
+    if spec.iterative:
+        options.setdefault("keep_best", True)
+        options.setdefault("early_stop", deterministic)
+    if details is not None and spec.options is not None and "report" in spec.options:
+        options["report"] = details
+    torch.manual_seed(seed)  # stochastic models and attacks that use the global RNG
+    with gradients_through_masks(model, plan.through_mask):
+        x_adv = spec.run(
+            model,
+            x,
+            y,
+            eps=budget.value,
+            norm=budget.norm,
+            loss=build_loss(plan, beta) if plan.uses_loss else None,
+            generator=make_generator(seed),
+            **options,
+        )
+    x_adv = x_adv.detach().to(x.device, x.dtype)
+    if x_adv.shape != x.shape:
+        raise RuntimeError(
+            f"attack {plan.id} returned shape {tuple(x_adv.shape)} for input {tuple(x.shape)}"
+        )
+    return x_adv
+
+
 def attack_unit(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
     index: torch.Tensor,
     plan: AttackPlan,
-    fn: Callable[..., torch.Tensor],
-    eps_label: str,
-    eps: float,
-    norm: str,
-    batch: int,
+    budget: Budget,
+    batch: int | str,
     seed: int,
     counter: CostCounter,
+    *,
     beta: float,
+    draws: int,
+    num_classes: int,
 ) -> dict[str, Any]:
-    """Attack the given examples (already compacted by the caller) and record the outcome."""
+    """Attack the given examples (already compacted by the caller) and score the candidate
+    over ``draws`` forward passes."""
     t0 = time.perf_counter()
     f0, b0 = counter.snapshot()
     rec: dict[str, Any] = {
-        "key": unit_key("attack", batch, plan.id, eps_label),
-        "kind": "attack",
+        "key": unit_key("attack", batch, plan.id, budget.label),
+        "kind": "probe" if plan.probe else "attack",
         "attack": plan.id,
-        "eps": eps_label,
+        "eps": budget.label,
         "batch": batch,
         "index": index.tolist(),
         "pred": [],
         "margin": [],
+        "p": [],
         "norm": [],
         "violations": 0,
+        "nonfinite": 0,
+        "draws": draws,
     }
     if len(index):
-        torch.manual_seed(seed)  # stochastic models and attacks that use the global RNG
-        gen = make_generator(seed)
-        x_adv = fn(
+        details: dict[str, Any] = {}
+        x_adv = run_attack(
             model,
             x,
             y,
-            eps,
-            norm=norm,
-            loss=build_loss(plan, beta),
-            generator=gen,
-            **plan.resolved_options(eps, norm),
+            plan,
+            budget,
+            seed=seed,
+            beta=beta,
+            deterministic=draws == 1,
+            num_classes=num_classes,
+            details=details,
         )
-        x_adv = x_adv.detach().to(x.device, x.dtype)
-        if x_adv.shape != x.shape:
-            raise RuntimeError(
-                f"attack {plan.id} returned shape {tuple(x_adv.shape)} for input {tuple(x.shape)}"
-            )
-        x_adv, violations = project_valid(x, x_adv, eps, norm)
-        with torch.no_grad():
-            logits = model(x_adv)
+        if details:
+            rec["details"] = details
+        x_adv, violations = project_valid(x, x_adv, budget.value, budget.norm)
+        torch.manual_seed(seed + 1)
+        _scored(rec, score(model, x_adv, y, draws))
         rec.update(
-            pred=logits.argmax(1).cpu().tolist(),
-            margin=margins(logits, y).cpu().tolist(),
-            norm=perturbation_norm(x_adv - x, norm).cpu().tolist(),
-            violations=violations,
+            norm=perturbation_norm(x_adv - x, budget.norm).cpu().tolist(), violations=violations
         )
     f1, b1 = counter.snapshot()
     rec.update(fwd=f1 - f0, bwd=b1 - b0, time=time.perf_counter() - t0)

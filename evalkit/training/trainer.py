@@ -176,7 +176,8 @@ def _warm_start(model: nn.Module, path: str) -> None:
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train per ``cfg``; returns the path of ``checkpoint.pt`` (rank 0 writes it)."""
+    """Train per ``cfg``; returns the path of ``checkpoint.pt`` (rank 0 writes it every epoch,
+    with ``train_config["completed"]`` True only after the last one)."""
     device = resolve_device(cfg.device)
     dist = setup(device)
     device = device_for(device, dist)
@@ -310,7 +311,8 @@ def train(cfg: TrainConfig) -> Path:
                 input_size=info.input_size,
                 defense=str(spec),
                 defense_params=params,
-                train_config=train_config,
+                # the last epoch's checkpoint says so: studies refuse one still training
+                train_config=train_config | {"completed": epoch == cfg.epochs},
                 history=history,
                 epoch=epoch,
                 extra={"optimizer": opt.state_dict(), "scheduler": sched.state_dict()},

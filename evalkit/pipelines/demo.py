@@ -1,9 +1,11 @@
-"""The offline end-to-end job behind ``evalkit demo``.
+"""The offline end-to-end job behind ``evalkit demo``, written against the Python API.
 
-Trains a standard, a PGD-AT and an AT+CAS small CNN on the bundled Fashion-MNIST subset,
-evaluates each with the harness's ``fast`` preset, runs the channel study on all three and
-renders the report. Sizes are chosen so the whole job fits in about three minutes on two CPU
-cores; ``--fast`` shrinks them further for tests. Nothing touches the network.
+Trains a standard, a PGD-AT and an AT+CAS small CNN on the bundled Fashion-MNIST subset
+(:func:`evalkit.training.api.train`), evaluates each with the protocol's ``fast`` preset
+(:func:`evalkit.evaluation.api.evaluate`), runs the analyses of :func:`demo_analyses` on all
+three (:func:`evalkit.analyses.analyze`) and renders the report
+(:func:`evalkit.reporting.report`). Sizes fit about three minutes on two CPU cores; ``fast``
+shrinks them further for tests. Nothing touches the network.
 """
 
 from __future__ import annotations
@@ -56,6 +58,30 @@ FAST = DemoSizes(
 )
 
 
+def demo_analyses(sizes: DemoSizes) -> list[tuple[str, dict[str, Any]]]:
+    """``(analysis name, its options)`` run on all three models, in report order; adding an
+    analysis to the demo is one line here. ``distributions`` (activation-value distributions,
+    natural vs adversarial, at two layers by default) runs once it is registered."""
+    from evalkit.analyses import available_analyses
+
+    wanted = [
+        ("channels", {"steps": sizes.analysis_steps}),
+        ("distributions", {"steps": sizes.analysis_steps}),
+    ]
+    known = available_analyses()
+    return [(name, _accepted(known[name].fn, options)) for name, options in wanted if name in known]
+
+
+def _accepted(fn: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The options ``fn`` takes (all of them when it takes ``**kwargs``)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(options)
+    return {k: v for k, v in options.items() if k in params}
+
+
 def _say(text: str) -> None:
     tqdm.write(text, file=sys.stderr)
 
@@ -81,96 +107,82 @@ def prepare_out(out: Path) -> None:
 
 def train_models(out: Path, sizes: DemoSizes, device: str, seed: int) -> dict[str, Path]:
     """The three checkpoints, keyed by short name."""
-    from evalkit.training import TrainConfig, train
-    from evalkit.utils.parse import parse_eps
+    from evalkit.training.api import train
 
     ckpts = {}
     for name, defense in MODELS:
         _say(
-            f"[demo] training {name} ({defense}, smallcnn width {sizes.width}, {sizes.epochs} epoch(s) "
-            f"on {sizes.n_train} images)"
+            f"[demo] training {name} ({defense}, smallcnn width {sizes.width}, {sizes.epochs} "
+            f"epoch(s) on {sizes.n_train} images)"
         )
-        cfg = TrainConfig(
+        ckpts[name] = train(
             dataset=DATASET,
             arch="smallcnn",
             defense=defense,
             epochs=sizes.epochs,
-            out=str(out / "models" / name),
+            out=out / "models" / name,
+            seed=seed,
+            width=sizes.width,
             lr=sizes.lr,
             batch_size=sizes.batch_size,
             schedule="cosine",
-            eps=parse_eps(sizes.eps),
+            eps=sizes.eps,
             attack_steps=sizes.attack_steps,
-            arch_kwargs={"width": sizes.width},
             n_train=sizes.n_train,
             val_size=sizes.val_size,
             val_attack_steps=sizes.val_attack_steps,
-            seed=seed,
             device=device,
         )
-        ckpts[name] = Path(train(cfg))
     return ckpts
 
 
 def evaluate_models(
     out: Path, ckpts: dict[str, Path], sizes: DemoSizes, device: str, seed: int
-) -> dict[str, dict[str, Any]]:
-    """Run the harness's fast preset on each checkpoint; returns the summaries."""
-    from evalkit.evaluation import EvalConfig, evaluate
+) -> dict[str, Any]:
+    """The protocol's preset on each checkpoint; returns the results by name."""
+    from evalkit.evaluation.api import evaluate
 
-    summaries = {}
+    results = {}
     for name, ckpt in ckpts.items():
         _say(
-            f"[demo] attacking {name}: preset '{sizes.preset}' at eps {sizes.eps} on {sizes.n_eval} test images"
+            f"[demo] attacking {name}: preset '{sizes.preset}' at eps {sizes.eps} on "
+            f"{sizes.n_eval} test images"
         )
-        summaries[name] = evaluate(
-            EvalConfig(
-                ckpt=ckpt,
-                n=sizes.n_eval,
-                out=out / "runs" / name,
-                preset=sizes.preset,
-                eps=[sizes.eps],
-                seed=seed,
-                device=device,
-                echo=False,
-            )
+        results[name] = evaluate(
+            ckpt,
+            n=sizes.n_eval,
+            out=out / "runs" / name,
+            preset=sizes.preset,
+            eps=sizes.eps,
+            seed=seed,
+            device=device,
+            echo=False,
         )
-    return summaries
+    return results
 
 
 def analyze_models(
     out: Path, ckpts: dict[str, Path], sizes: DemoSizes, device: str, seed: int
-) -> Path:
-    """The channel study (CAS Figures 1-2) on all three models, through ``evalkit analyze``."""
-    from evalkit.cli import main as cli_main
+) -> list[Any]:
+    """Every analysis of :func:`demo_analyses` on all three models; their results."""
+    from evalkit.analyses import analyze
 
-    _say(f"[demo] channel analysis of all three models on {sizes.n_analysis} test images")
-    target = out / "analysis" / "channels"
-    argv = [
-        "analyze",
-        "--study",
-        "channels",
-        "--n",
-        str(sizes.n_analysis),
-        "--eps",
-        sizes.eps,
-        "--steps",
-        str(sizes.analysis_steps),
-        "--out",
-        str(target),
-        "--device",
-        device,
-        "--seed",
-        str(seed),
-    ]
-    for ckpt in ckpts.values():
-        argv += ["--ckpt", str(ckpt)]
-    rc = cli_main(argv)
-    if rc != 0:
-        raise EvalkitError(
-            f"the channel analysis failed (exit {rc}); rerun it alone: evalkit {' '.join(argv)}"
+    results = []
+    for name, options in demo_analyses(sizes):
+        _say(f"[demo] {name} analysis of all three models on {sizes.n_analysis} test images")
+        results.append(
+            analyze(
+                {label: str(path) for label, path in ckpts.items()},
+                analysis=name,
+                n=sizes.n_analysis,
+                eps=sizes.eps,
+                out=out / "analysis" / name,
+                device=device,
+                seed=seed,
+                **options,
+            )
         )
-    return target
+    return results
 
 
 def run_demo(
@@ -183,7 +195,7 @@ def run_demo(
     sizes: DemoSizes | None = None,
 ) -> dict[str, Any]:
     """The whole job; returns paths, per-model accuracies and the wall time."""
-    from reports.builder import build_report
+    from evalkit.reporting import report
     from reports.pdf import pdf_available
 
     sizes = sizes or (FAST if fast else DemoSizes())
@@ -198,37 +210,39 @@ def run_demo(
         ckpts = train_models(out, sizes, device, seed)
         stages.update()
         stages.set_postfix_str("attack")
-        summaries = evaluate_models(out, ckpts, sizes, device, seed)
+        results = evaluate_models(out, ckpts, sizes, device, seed)
         stages.update()
         stages.set_postfix_str("analyze")
-        analysis_dir = analyze_models(out, ckpts, sizes, device, seed)
+        analyses = analyze_models(out, ckpts, sizes, device, seed)
         stages.update()
         stages.set_postfix_str("report")
         reason = pdf_available() if pdf else "not requested"
         if reason is not None and pdf:
             _say(f"[demo] no PDF: {reason}")
-        written = build_report(
-            [out / "runs" / name for name in ckpts],
-            out / "report.html",
-            analysis_dirs=[analysis_dir],
-            pdf=out / "report.pdf" if reason is None else None,
-            title=f"evalkit demo: standard vs PGD-AT vs AT+CAS on {DATASET} (preset '{sizes.preset}')",
+        pdf_path = out / "report.pdf" if reason is None else None
+        html = report(
+            list(results.values()),
+            analyses=analyses,
+            out=out / "report.html",
+            pdf=pdf_path,
+            title=f"evalkit demo: standard vs PGD-AT vs AT+CAS on {DATASET} "
+            f"(preset '{sizes.preset}')",
         )
         stages.update()
     finally:
         stages.close()
     wall = time.perf_counter() - t0
     models = {}
-    for name, s in summaries.items():
-        worst = (s.get("worst_case") or [{}])[-1]
+    for name, r in results.items():
+        worst = (r.summary.get("worst_case") or [{}])[0]
         models[name] = {
-            "clean_accuracy": s.get("clean_accuracy"),
+            "clean_accuracy": r.summary.get("clean_accuracy"),
             "worst_case_robust_accuracy": worst.get("robust_accuracy"),
             "eps": worst.get("eps"),
         }
     return {
-        "report": written["html"],
-        "pdf": written.get("pdf"),
+        "report": html,
+        "pdf": pdf_path,
         "wall_time_s": wall,
         "models": models,
         "sizes": asdict(sizes),

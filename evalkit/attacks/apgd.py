@@ -1,0 +1,518 @@
+"""APGD-CE / APGD-DLR and APGD-T (targeted DLR), evalkit's own implementation of Algorithm 1 of
+Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks" (ICML), written from the paper.
+
+The algorithm (per point, Linf or L2 ball S around ``x`` intersected with [0, 1]):
+
+* step size ``eta = 2 * eps``; ``x1 = P_S(x0 + eta * dir(grad f(x0)))`` (``dir`` = sign for
+  Linf, unit L2 direction for L2), then with momentum ``alpha = 0.75``
+  ``z = P_S(xk + eta * dir(grad f(xk)))``, ``x(k+1) = P_S(xk + alpha (z - xk) + (1 - alpha)
+  (xk - x(k-1)))``;
+* checkpoints ``w_j = ceil(p_j * n_iter)`` with ``p_0 = 0``, ``p_1 = 0.22``,
+  ``p_(j+1) = p_j + max(p_j - p_(j-1) - 0.03, 0.06)``; at checkpoint ``w_j`` the step size is
+  halved and the iterate restarted from the best point so far when (condition 1) the loss went
+  up in fewer than ``rho * (w_j - w_(j-1))`` of the steps since ``w_(j-1)``, ``rho = 0.75``, or
+  (condition 2) the step size was not halved at ``w_(j-1)`` and the best loss has not improved
+  since then;
+* losses: CE, DLR ``-(z_y - max_(i != y) z_i) / (z_pi1 - z_pi3)`` and, for APGD-T, targeted DLR
+  ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)`` (``pi`` sorts the logits in decreasing
+  order); APGD-T attacks the ``n_target_classes`` classes with the highest clean logits other
+  than ``y``, one after the other.
+
+What evalkit adds (the paper's algorithm is unchanged per point):
+
+* **Per-point state with per-iteration compaction** (``early_stop=True``, for deterministic
+  models): a point leaves the active batch at the first iterate the model misclassifies, and
+  that iterate is its result, so later iterations only pay for the points still robust. Every
+  piece of state (iterate, previous iterate, gradient, step size, best point, checkpoint
+  counters) is per point, so a point's trajectory does not depend on which others are still
+  in the batch.
+* **Best-iterate tracking**: a misclassifying iterate always wins; otherwise the iterate with
+  the highest loss is returned (never the clean input, unless the clean input is already
+  misclassified). Restarts and targets only attack the points still robust.
+* **One forward+backward per iteration and nothing else**: the logits of the forward used for
+  the gradient also decide success; the final iterate costs one forward. A call costs one
+  clean forward, then per run (restart or target) ``n_iter`` forward+backward passes and one
+  forward for each point still active (times ``eot_iter``).
+* ``early_stop=False`` runs every point for all iterations of a run (randomised models: one
+  lucky misclassification is weak evidence); a point then returns its highest-loss
+  misclassifying iterate. Points broken in a run are still not attacked in later runs.
+* ``eot_iter > 1`` averages loss, gradient and logits over that many forward passes (EOT).
+* Random starts are drawn on the CPU from ``generator`` for the whole batch at every run (and
+  moved), so a point gets the same start whatever the other points do and on any device.
+
+Success always means misclassification (``argmax != y``), also for APGD-T. The model's mode
+and parameter flags are left alone: wrap calls in :func:`evalkit.attacks.mode.attack_mode`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from evalkit.attacks.pgd import NORMS, random_init
+from evalkit.errors import EvalkitError
+
+DLR_DENOM_EPS = 1e-12
+MOMENTUM = 0.75
+LOSSES = ("ce", "dlr")
+
+# loss(logits (N, K), y (N,), target (N,) or None) -> per-point loss (N,), to be maximised
+LogitLoss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+class APGDError(EvalkitError, ValueError):
+    """A bad APGD argument, or a model whose number of classes leaves a loss undefined."""
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DLR loss ``-(z_y - max_(i != y) z_i) / (z_pi1 - z_pi3 + 1e-12)``, shape (N,).
+
+    ``logits`` (N, K) with K >= 3; ``y`` (N,) int. Positive once the point is misclassified."""
+    srt = logits.sort(dim=1, descending=True).values
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+    return -(true - other) / (srt[:, 0] - srt[:, 2] + DLR_DENOM_EPS)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``, shape (N,).
+
+    ``logits`` (N, K) with K >= 4; ``y``, ``target`` (N,) int."""
+    srt = logits.sort(dim=1, descending=True).values
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    tgt = logits.gather(1, target[:, None]).squeeze(1)
+    return -(true - tgt) / (srt[:, 0] - 0.5 * (srt[:, 2] + srt[:, 3]) + DLR_DENOM_EPS)
+
+
+def _ce(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def _dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    return dlr_loss(logits, y)
+
+
+def _dlr_t(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    assert target is not None
+    return dlr_targeted_loss(logits, y, target)
+
+
+def checkpoints(n_iter: int) -> list[int]:
+    """The paper's checkpoints ``w_1 < w_2 < ...`` (``w_j = ceil(p_j * n_iter)``) that lie in
+    ``[1, n_iter - 2]``, where a halving can still affect a later iterate. Exact fractions, so
+    ``0.22 * 100`` is 22, not 23. ``checkpoints(100) == [22, 41, 57, 70, 80, 87, 93]``."""
+    prev, cur = Fraction(0), Fraction(22, 100)
+    out: list[int] = []
+    while cur <= 1:
+        w = math.ceil(cur * n_iter)
+        if 1 <= w <= n_iter - 2 and (not out or w > out[-1]):
+            out.append(w)
+        prev, cur = cur, cur + max(cur - prev - Fraction(3, 100), Fraction(6, 100))
+    return out
+
+
+def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+def _l2(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12)
+
+
+@dataclass
+class _Ball:
+    """Projection onto the eps ball around ``x0`` intersected with [0, 1] (per point)."""
+
+    norm: str
+    eps: float
+
+    def bounds(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.norm == "linf":
+            return (x0 - self.eps).clamp_(min=0), (x0 + self.eps).clamp_(max=1)
+        return x0, x0  # unused for L2
+
+    def project(
+        self, z: torch.Tensor, x0: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+    ) -> torch.Tensor:
+        if self.norm == "linf":
+            return torch.minimum(torch.maximum(z, lo), hi)
+        # ball first, then the box: clipping to [0, 1] only moves coordinates towards x0 (which
+        # lies in [0, 1]), so the result stays in the ball
+        d = z - x0
+        d = d * _bview((self.eps / _l2(d)).clamp(max=1.0), d)
+        return (x0 + d).clamp(0, 1)
+
+    def direction(self, g: torch.Tensor) -> torch.Tensor:
+        if self.norm == "linf":
+            return g.sign()
+        return g / _bview(_l2(g), g)
+
+
+def _evaluate(
+    model: nn.Module,
+    xs: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None,
+    loss_fn: LogitLoss,
+    eot_iter: int,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Logits (N, K), loss (N,) and, if ``need_grad``, the input gradient of the loss, each the
+    mean over ``eot_iter`` forward passes (one backward per pass, so memory stays flat)."""
+    logits_sum: torch.Tensor | None = None
+    loss_sum: torch.Tensor | None = None
+    grad_sum: torch.Tensor | None = None
+    for _ in range(eot_iter):
+        if need_grad:
+            xr = xs.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(xr)
+                loss = loss_fn(logits, y, target)
+                (grad,) = torch.autograd.grad(loss.sum(), xr)
+            grad_sum = grad if grad_sum is None else grad_sum + grad
+        else:
+            with torch.no_grad():
+                logits = model(xs)
+                loss = loss_fn(logits, y, target)
+        logits, loss = logits.detach(), loss.detach()
+        logits_sum = logits if logits_sum is None else logits_sum + logits
+        loss_sum = loss if loss_sum is None else loss_sum + loss
+    assert logits_sum is not None and loss_sum is not None
+    if eot_iter == 1:
+        return logits_sum, loss_sum, grad_sum
+    return (
+        logits_sum / eot_iter,
+        loss_sum / eot_iter,
+        None if grad_sum is None else grad_sum / eot_iter,
+    )
+
+
+@dataclass
+class _RunResult:
+    """Per point of one run: misclassified at some iterate, the kept iterate and its loss."""
+
+    broken: torch.Tensor  # (n,) bool
+    x: torch.Tensor  # (n, ...) the misclassifying iterate if broken, else the best-loss one
+    loss: torch.Tensor  # (n,)
+
+
+def _run(
+    model: nn.Module,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None,
+    delta0: torch.Tensor,
+    loss_fn: LogitLoss,
+    ball: _Ball,
+    n_iter: int,
+    rho: float,
+    early_stop: bool,
+    eot_iter: int,
+) -> _RunResult:
+    """One APGD run (Algorithm 1) from ``x0 + delta0`` on the points given."""
+    n = x0.shape[0]
+    out_x = x0.clone()
+    out_loss = torch.full((n,), float("-inf"), device=x0.device, dtype=x0.dtype)
+    broken = torch.zeros(n, dtype=torch.bool, device=x0.device)
+    lo, hi = ball.bounds(x0)
+    xc = ball.project(x0 + delta0, x0, lo, hi)
+    logits, f, g = _evaluate(model, xc, y, target, loss_fn, eot_iter, need_grad=n_iter > 0)
+
+    # per-point state of the active rows; ``pos`` maps them to positions in this run's batch
+    s: dict[str, torch.Tensor] = {
+        "pos": torch.arange(n, device=x0.device),
+        "x0": x0,
+        "lo": lo,
+        "hi": hi,
+        "y": y,
+        "xc": xc,  # x(k)
+        "xp": xc,  # x(k-1)
+        "g": g,  # grad f(x(k))
+        "f": f,  # f(x(k))
+        "eta": torch.full((n,), 2.0 * ball.eps, device=x0.device, dtype=x0.dtype),
+        "xm": xc,  # x_max
+        "fm": f,  # f_max
+        "gm": g,  # grad f(x_max)
+        "cnt": torch.zeros(n, dtype=torch.long, device=x0.device),  # increases this window
+        "fm_last": f,  # f_max at the previous checkpoint
+        "red_last": torch.zeros(n, dtype=torch.bool, device=x0.device),  # halved there
+    }
+    if target is not None:
+        s["t"] = target
+
+    def record(x_new: torch.Tensor, logits: torch.Tensor, f_new: torch.Tensor) -> torch.Tensor:
+        """Keep misclassifying iterates; return the mask of misclassified active rows."""
+        mis = logits.argmax(1) != s["y"]
+        pos = s["pos"]
+        upd = mis & (~broken[pos] | (f_new > out_loss[pos]))
+        if bool(upd.any()):
+            out_x[pos[upd]] = x_new[upd]
+            out_loss[pos[upd]] = f_new[upd]
+            broken[pos[upd]] = True
+        return mis
+
+    def compact(keep: torch.Tensor) -> None:
+        for key in s:
+            s[key] = s[key][keep]
+
+    mis = record(xc, logits, f)
+    if early_stop and bool(mis.any()):
+        compact(~mis)
+    w_set = set(checkpoints(n_iter))
+    w_prev = 0
+    for k in range(n_iter):
+        if s["pos"].numel() == 0:
+            break
+        xc, xp, b = s["xc"], s["xp"], (s["x0"], s["lo"], s["hi"])
+        eta = _bview(s["eta"], xc)
+        z = ball.project(xc + eta * ball.direction(s["g"]), *b)
+        if k == 0:
+            x_new = z
+        else:
+            x_new = ball.project(xc + MOMENTUM * (z - xc) + (1 - MOMENTUM) * (xc - xp), *b)
+        need_grad = k + 1 < n_iter
+        logits, f_new, g_new = _evaluate(
+            model, x_new, s["y"], s.get("t"), loss_fn, eot_iter, need_grad
+        )
+        inc = f_new > s["f"]
+        better = f_new > s["fm"]
+        if bool(better.any()):
+            bv = _bview(better, x_new)
+            s["xm"] = torch.where(bv, x_new, s["xm"])
+            s["fm"] = torch.where(better, f_new, s["fm"])
+            if g_new is not None:
+                s["gm"] = torch.where(bv, g_new, s["gm"])
+        mis = record(x_new, logits, f_new)
+        if k == 0:
+            s["fm_last"] = s["fm"]  # f_max(w_0) = max(f(x0), f(x1))
+        if k in w_set:
+            cond1 = s["cnt"].to(x_new.dtype) < rho * (k - w_prev)
+            cond2 = ~s["red_last"] & (s["fm"] == s["fm_last"])
+            halve = cond1 | cond2
+            if bool(halve.any()):
+                hv = _bview(halve, x_new)
+                s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
+                x_new = torch.where(hv, s["xm"], x_new)
+                f_new = torch.where(halve, s["fm"], f_new)
+                if g_new is not None:
+                    g_new = torch.where(hv, s["gm"], g_new)
+            s["red_last"] = halve
+            s["fm_last"] = s["fm"]
+            s["cnt"] = torch.zeros_like(s["cnt"])
+            w_prev = k
+        s["cnt"] = s["cnt"] + inc.long()
+        s["xp"], s["xc"], s["f"] = xc, x_new, f_new
+        if g_new is not None:
+            s["g"] = g_new
+        if early_stop and bool(mis.any()):
+            compact(~mis)
+
+    # points never misclassified: their best-loss iterate
+    pos = s["pos"]
+    keep = ~broken[pos]
+    out_x[pos[keep]] = s["xm"][keep]
+    out_loss[pos[keep]] = s["fm"][keep]
+    return _RunResult(broken=broken, x=out_x, loss=out_loss)
+
+
+def _check_args(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str,
+    n_iter: int,
+    n_restarts: int,
+    rho: float,
+    eot_iter: int,
+) -> None:
+    if norm not in NORMS:
+        raise APGDError(f"APGD norm must be one of {', '.join(NORMS)}, not {norm!r}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise APGDError(f"APGD needs a finite eps >= 0, got {eps}")
+    if int(n_iter) < 1 or int(n_restarts) < 1 or int(eot_iter) < 1:
+        raise APGDError(
+            f"APGD needs n_iter, n_restarts and eot_iter >= 1 (got {n_iter}, {n_restarts}, "
+            f"{eot_iter})"
+        )
+    if not 0 < rho <= 1:
+        raise APGDError(f"APGD rho must lie in (0, 1], got {rho}")
+    if x.ndim < 2 or y.shape != (x.shape[0],):
+        raise APGDError(
+            f"APGD needs x (N, ...) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+
+
+def _attack(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    runs: Callable[[torch.Tensor], list[tuple[LogitLoss, torch.Tensor | None]]],
+    *,
+    eps: float,
+    norm: str,
+    n_iter: int,
+    n_restarts: int,
+    rho: float,
+    early_stop: bool,
+    eot_iter: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Clean forward, then each (loss, targets) run ``n_restarts`` times on the still-robust
+    points; ``runs(clean_logits)`` validates the class count and lists the runs."""
+    x = x.detach()
+    y = y.to(x.device)
+    ball = _Ball(norm, float(eps))
+    logits, _, _ = _evaluate(model, x, y, None, _ce, eot_iter, need_grad=False)
+    plan = runs(logits)
+    out = x.clone()
+    best = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
+    robust = logits.argmax(1) == y
+    for loss_fn, targets in plan:
+        for _ in range(int(n_restarts)):
+            idx = robust.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                return out
+            delta0 = random_init(x, float(eps), norm, generator)  # whole batch: see module doc
+            res = _run(
+                model,
+                x[idx],
+                y[idx],
+                None if targets is None else targets[idx],
+                delta0[idx],
+                loss_fn,
+                ball,
+                int(n_iter),
+                float(rho),
+                early_stop,
+                int(eot_iter),
+            )
+            keep = res.broken | (res.loss > best[idx])
+            out[idx[keep]] = res.x[keep]
+            best[idx[keep]] = res.loss[keep]
+            robust[idx[res.broken]] = False
+    return out
+
+
+def apgd(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    loss: str = "ce",
+    n_iter: int = 100,
+    n_restarts: int = 1,
+    rho: float = 0.75,
+    early_stop: bool = True,
+    eot_iter: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Untargeted APGD (Croce & Hein 2020, Algorithm 1) with the CE or DLR loss.
+
+    ``model`` maps (N, C, H, W) floats in [0, 1] to logits (N, K); ``y`` (N,) int labels.
+    Returns ``x_adv`` (same shape and dtype as ``x``) within the ``norm`` ball of radius ``eps``
+    and in [0, 1]: per point, the first misclassifying iterate found (the highest-loss one when
+    ``early_stop=False``), else the highest-loss iterate; ``x`` itself where the clean input is
+    already misclassified. Restarts attack only the points still robust. See the module
+    docstring for compaction, EOT and the random starts.
+
+    Raises :class:`APGDError` (a ``ValueError``) for bad arguments, and for ``loss="dlr"`` with
+    fewer than 3 classes (DLR is undefined there; use ``loss="ce"``).
+    """
+    _check_args(x, y, eps, norm, n_iter, n_restarts, rho, eot_iter)
+    if loss not in LOSSES:
+        raise APGDError(f"APGD loss must be one of {', '.join(LOSSES)}, not {loss!r}")
+
+    def runs(logits: torch.Tensor) -> list[tuple[LogitLoss, torch.Tensor | None]]:
+        k = int(logits.shape[1])
+        if loss == "dlr" and k < 3:
+            raise APGDError(
+                f"the DLR loss needs at least 3 classes (the model has {k}): use APGD-CE "
+                "(loss='ce') instead"
+            )
+        return [(_dlr if loss == "dlr" else _ce, None)]
+
+    return _attack(
+        model,
+        x,
+        y,
+        runs,
+        eps=eps,
+        norm=norm,
+        n_iter=n_iter,
+        n_restarts=n_restarts,
+        rho=rho,
+        early_stop=early_stop,
+        eot_iter=eot_iter,
+        generator=generator,
+    )
+
+
+def target_classes(logits: torch.Tensor, y: torch.Tensor, n_targets: int) -> torch.Tensor:
+    """(N, n_targets): per point, the classes other than ``y`` with the highest logits, in
+    decreasing order (APGD-T's targets, chosen on the clean input)."""
+    masked = logits.scatter(1, y[:, None], float("-inf"))
+    return masked.argsort(dim=1, descending=True, stable=True)[:, :n_targets]
+
+
+def apgd_targeted(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    n_iter: int = 100,
+    n_restarts: int = 1,
+    n_target_classes: int = 9,
+    rho: float = 0.75,
+    early_stop: bool = True,
+    eot_iter: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """APGD-T: APGD with the targeted DLR loss, one run per target class (Croce & Hein 2020).
+
+    Targets: per point, the ``min(n_target_classes, K - 1)`` classes other than ``y`` with the
+    highest clean logits, attacked in that order, each ``n_restarts`` times, each on the points
+    still robust. Success is misclassification. Shapes, the result and the options are as in
+    :func:`apgd`.
+
+    Raises :class:`APGDError` (a ``ValueError``) for bad arguments, and for fewer than 4
+    classes (the targeted DLR denominator needs ``z_pi3`` and ``z_pi4``; use APGD-CE).
+    """
+    _check_args(x, y, eps, norm, n_iter, n_restarts, rho, eot_iter)
+    if int(n_target_classes) < 1:
+        raise APGDError(f"APGD-T needs n_target_classes >= 1, got {n_target_classes}")
+
+    def runs(logits: torch.Tensor) -> list[tuple[LogitLoss, torch.Tensor | None]]:
+        k = int(logits.shape[1])
+        if k < 4:
+            raise APGDError(
+                f"APGD-T's targeted DLR loss needs at least 4 classes (the model has {k}): use "
+                "APGD-CE (apgd with loss='ce') instead"
+            )
+        targets = target_classes(logits, y.to(logits.device), min(int(n_target_classes), k - 1))
+        return [(_dlr_t, targets[:, j]) for j in range(targets.shape[1])]
+
+    return _attack(
+        model,
+        x,
+        y,
+        runs,
+        eps=eps,
+        norm=norm,
+        n_iter=n_iter,
+        n_restarts=n_restarts,
+        rho=rho,
+        early_stop=early_stop,
+        eot_iter=eot_iter,
+        generator=generator,
+    )

@@ -1,0 +1,54 @@
+"""Content fingerprints: what a run directory's results are bound to.
+
+A result may only be reused (``--resume``, a study step) when the bytes that produced it are the
+same, not merely the path: trainers rewrite ``checkpoint.pt`` every epoch and users overwrite
+data files. Fingerprints are sha256 hex digests of
+
+* a file's bytes (:func:`file_sha256`), for checkpoints and data files;
+* a model's parameters and buffers in ``state_dict`` order, names and dtypes included
+  (:func:`module_sha256`), so any ``nn.Module`` built in Python is covered too;
+* evaluation tensors ``x`` and ``y`` (:func:`tensors_sha256`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _update(h: hashlib._Hash, t: torch.Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{tuple(t.shape)}|{t.dtype}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def module_sha256(model: nn.Module) -> str:
+    """sha256 over a module's class name and every state_dict entry (name, shape, dtype, bytes)."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        if isinstance(t, torch.Tensor):
+            _update(h, t)
+    return h.hexdigest()
+
+
+def tensors_sha256(*tensors: torch.Tensor) -> str:
+    """sha256 over tensors' shapes, dtypes and bytes, in order."""
+    h = hashlib.sha256()
+    for t in tensors:
+        _update(h, t)
+    return h.hexdigest()

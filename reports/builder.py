@@ -9,7 +9,6 @@ string from a run directory (checkpoint paths, configs, flag messages) is shown 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,16 @@ import jinja2
 
 from evalkit.utils.io import atomic_write_text
 from reports import plots
+from reports.analysis_view import analysis_context
+from reports.fmt import MISSING, pct, pretty
 from reports.perclass import per_class_rows
+from reports.provenance import (
+    adaptive_context,
+    cost_parts,
+    cost_totals,
+    fingerprint_rows,
+    sanity_budget,
+)
 from reports.runs import (
     AnalysisData,
     ReportError,
@@ -30,25 +38,19 @@ from reports.runs import (
     load_analysis,
     load_run,
 )
+from reports.scoring import (
+    all_draws_row,
+    broken_by_context,
+    clean_context,
+    headline_context,
+    probe_ids,
+    scoring_context,
+    worst_rows,
+)
+
+__all__ = ["MISSING", "build_report", "pct", "pretty", "render_html", "run_context"]
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
-
-
-def pct(value: Any, digits: int = 2) -> str:
-    """0.4567 -> '45.67' (the unit is in the column header); missing -> '–'."""
-    v = as_float(value)
-    return "–" if v is None else f"{100 * v:.{digits}f}"
-
-
-def pretty(value: Any) -> str:
-    """Compact text for a config value: numbers to 4 significant digits, containers as JSON."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, sort_keys=True, default=str)
-    return str(value)
 
 
 def _slug(text: str, used: set[str]) -> str:
@@ -61,14 +63,20 @@ def _slug(text: str, used: set[str]) -> str:
 
 
 def _pivot(run: RunData) -> dict[str, Any]:
-    """Robust accuracy as a table: one row per attack, one column per eps, plus the worst case."""
+    """Robust accuracy as a table: one row per attack (sanity probes marked), one column per
+    eps, plus the worst case and, for a Monte-Carlo run, the worst case on all draws."""
     eps_values = sorted({eps_key(r) for r in run.results} | {eps_key(r) for r in run.worst_case})
     eps_values = [e for e in eps_values if e == e]  # drop NaN
     attacks: dict[str, dict[float, Any]] = {}
     for r in run.results:
         attacks.setdefault(str(r["attack"]), {})[eps_key(r)] = r.get("robust_accuracy")
+    probes = probe_ids(run)
     rows = [
-        {"attack": a, "cells": [pct(cells.get(e)) if e in cells else "" for e in eps_values]}
+        {
+            "attack": a,
+            "probe": a in probes,
+            "cells": [pct(cells.get(e)) if e in cells else "" for e in eps_values],
+        }
         for a, cells in attacks.items()
     ]
     worst = {eps_key(r): r.get("robust_accuracy") for r in run.worst_case}
@@ -77,30 +85,62 @@ def _pivot(run: RunData) -> dict[str, Any]:
         "rows": rows,
         "cumulative": any(r.get("cumulative") for r in run.results),
         "worst": [pct(worst.get(e)) if e in worst else "" for e in eps_values],
+        "all_draws": all_draws_row(run, eps_values),
+        "any_probe": bool(probes),
     }
 
 
-DETAIL_SKIP = {"attack", "eps", "eps_value", "robust_accuracy", "cumulative", "white_box"}
+DETAIL_SKIP = {
+    "attack",
+    "eps",
+    "eps_value",
+    "robust_accuracy",
+    "cumulative",
+    "white_box",
+    "details",
+}
+
+
+def describe_details(value: Any) -> str:
+    """An attack's ``details`` record (e.g. AutoAttack: what ran, what was skipped and why, the
+    EOT iterations per sub-attack) as one line of text."""
+    if not isinstance(value, dict):
+        return pretty(value) if value is not None else ""
+    parts = []
+    for key, item in value.items():
+        if item in (None, "", [], {}):
+            continue
+        if isinstance(item, dict):
+            text = ", ".join(f"{k} {pretty(v)}" for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            text = ", ".join(pretty(v) for v in item)
+        else:
+            text = pretty(item)
+        parts.append(f"{key}: {text}")
+    return "; ".join(parts)
 
 
 def _details(run: RunData) -> dict[str, Any]:
-    """Every scalar the harness recorded per (attack, eps) row, e.g. counts, steps, loss, EOT."""
+    """Every scalar the harness recorded per (attack, eps) row (counts, steps, loss, EOT,
+    probe, through_mask), plus the attack's ``details`` record as text."""
     keys: list[str] = []
     for r in run.results:
         for k, v in r.items():
             if k not in DETAIL_SKIP and k not in keys and not isinstance(v, (dict, list)):
                 keys.append(k)
     keys = [k for k in keys if any(r.get(k) is not None for r in run.results)]  # drop all-empty
+    has_details = any(isinstance(r.get("details"), dict) for r in run.results)
     rows = [
         {
             "attack": r["attack"],
             "eps": fmt_eps(r.get("eps")),
             "acc": pct(r.get("robust_accuracy")),
             "cells": [pretty(r.get(k)) if k in r else "" for k in keys],
+            "details": describe_details(r.get("details")),
         }
         for r in run.results
     ]
-    return {"keys": keys, "rows": rows}
+    return {"keys": keys, "rows": rows, "has_details": has_details}
 
 
 def _kv(obj: Any) -> list[tuple[str, str]]:
@@ -119,10 +159,12 @@ def _table(items: Any) -> dict[str, Any] | None:
     keys = [
         k for k in keys if any(i.get(k) not in (None, "", {}, []) for i in items)
     ]  # drop all-empty
-    return {
-        "keys": keys,
-        "rows": [[pretty(i.get(k, "")) if k in i else "" for k in keys] for i in items],
-    }
+    rows: list[list[str]] = []
+    for item in items:
+        row = [pretty(item.get(k, "")) if k in item else "" for k in keys]
+        if row not in rows:  # e.g. one probe plan recorded once per eps
+            rows.append(row)
+    return {"keys": keys, "rows": rows}
 
 
 def _protocol(run: RunData) -> dict[str, Any]:
@@ -135,14 +177,12 @@ def _protocol(run: RunData) -> dict[str, Any]:
         else:
             scalars.append((str(key), pretty(value)))
     preset = proto.get("preset") or run.config.get("preset") or run.summary.get("preset")
-    adaptive = run.summary.get("adaptive") or []
     return {
         "preset": preset,
         "scalars": scalars,
         "tables": tables,
         "seed": run.summary.get("seed"),
-        "adaptive": _table(adaptive) if _table(adaptive) else None,
-        "adaptive_text": [pretty(a) for a in adaptive] if adaptive and not _table(adaptive) else [],
+        "adaptive": adaptive_context(run),
         "config": _kv(run.config),
     }
 
@@ -191,38 +231,28 @@ def _model_card(run: RunData) -> dict[str, Any]:
         "train_config": _kv(tc),
         "history_plot": plots.history_plot(history),
         "history_len": len(history),
+        "fingerprints": fingerprint_rows(run),
     }
-
-
-def _cost(run: RunData) -> list[tuple[str, str]]:
-    cost = run.summary.get("cost") if isinstance(run.summary.get("cost"), dict) else {}
-    out = []
-    for k, v in cost.items():
-        f = as_float(v)
-        if f is not None and k.endswith("_s"):
-            out.append((k, f"{f:.1f} s"))
-        elif f is not None and float(f).is_integer():
-            out.append((k, f"{int(f):,}"))
-        else:
-            out.append((k, pretty(v)))
-    return out
 
 
 def run_context(run: RunData, anchor: str) -> dict[str, Any]:
     """Everything the template shows for one run."""
-    head = run.headline
     pc_rows = per_class_rows(run)
-    robust_label = f"worst case @ {fmt_eps(head['eps'])}" if head else "robust"
+    head = headline_context(run)
+    robust_label = f"worst case @ {head['eps']}" if head else "robust"
     return {
         "anchor": anchor,
         "label": run.label,
         "name": run.name,
         "dir": str(run.path),
+        "schema_version": run.schema_version,
         "n": run.n_examples,
         "clean": pct(run.clean_accuracy),
-        "headline": {"eps": fmt_eps(head["eps"]), "acc": pct(head["robust_accuracy"])}
-        if head
-        else None,
+        "clean_detail": clean_context(run),
+        "scoring": scoring_context(run),
+        "headline": head,
+        "worst_rows": worst_rows(run),
+        "broken_by": broken_by_context(run),
         "flags": run.flags,
         "card": _model_card(run),
         "protocol": _protocol(run),
@@ -235,7 +265,9 @@ def run_context(run: RunData, anchor: str) -> dict[str, Any]:
         ],
         "per_class_label": robust_label,
         "per_class_plot": plots.per_class_plot(pc_rows, robust_label),
-        "cost": _cost(run),
+        "cost": cost_totals(run),
+        "cost_parts": cost_parts(run),
+        "sanity_budget": sanity_budget(run),
         "environment": _kv(run.summary.get("environment")),
     }
 
@@ -273,13 +305,14 @@ def leaderboard(runs: Sequence[RunData], anchors: Sequence[str]) -> dict[str, An
                 "label": run.label,
                 "name": run.name,
                 "clean": pct(run.clean_accuracy),
-                "score": pct(score(run)) if score(run) >= 0 else "–",
+                "score": pct(score(run)) if score(run) >= 0 else MISSING,
                 "cells": [
                     pct(run.worst_at(e)) if run.worst_at(e) is not None else "" for e in all_eps
                 ],
                 "n": run.n_examples,
                 "flags": len(flags),
                 "preset": _protocol(run)["preset"],
+                "scoring": scoring_context(run)["short"],
             }
         )
     return {
@@ -287,57 +320,6 @@ def leaderboard(runs: Sequence[RunData], anchors: Sequence[str]) -> dict[str, An
         "eps": [fmt_eps(e) for e in all_eps],
         "rows": rows,
         "plot": plots.comparison_plot([runs[i] for i in order], [runs[i].label for i in order]),
-    }
-
-
-def _flatten_scalars(obj: Any, prefix: str = "", out: list | None = None) -> list[tuple[str, str]]:
-    out = [] if out is None else out
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _flatten_scalars(v, f"{prefix}.{k}" if prefix else str(k), out)
-    elif isinstance(obj, list) and len(obj) > 12:
-        out.append((prefix, f"[{len(obj)} values]"))
-    else:
-        out.append((prefix, pretty(obj)))
-    return out
-
-
-def _matrix(findings: Any) -> dict[str, Any] | None:
-    """Per-model scalar dicts ``{model: {name: value}}`` as one table: a row per name, a column per model."""
-    if (
-        not isinstance(findings, dict)
-        or not findings
-        or not all(isinstance(v, dict) for v in findings.values())
-    ):
-        return None
-    models = [str(m) for m in findings]
-    names: list[str] = []
-    for v in findings.values():
-        names.extend(k for k in v if k not in names)
-    rows = [[n] + [pretty(v.get(n)) if n in v else "" for v in findings.values()] for n in names]
-    return {"models": models, "rows": rows}
-
-
-def analysis_context(data: AnalysisData) -> dict[str, Any]:
-    """Finding, scalar results and embedded plots of one analysis directory."""
-    rec = data.record
-    findings = rec.get("findings", rec.get("scalars", rec.get("results", {})))
-    matrix = _matrix(findings)
-    models = rec.get("models")
-    return {
-        "name": data.path.resolve().name,
-        "dir": str(data.path),
-        "study": rec.get("study", ""),
-        "finding": rec.get("finding") or rec.get("summary") or "",
-        "models": _table(models) if _table(models) else None,
-        "models_text": pretty(models) if models and not _table(models) else "",
-        "matrix": matrix,
-        "scalars": _flatten_scalars(findings) if findings and matrix is None else [],
-        "params": _flatten_scalars(rec.get("params"))
-        if isinstance(rec.get("params"), dict)
-        else [],
-        "notes": [str(n) for n in rec.get("notes") or []],
-        "images": [(caption, plots.file_to_data_uri(path)) for caption, path in data.images],
     }
 
 
@@ -387,10 +369,17 @@ def render_html(
             version=__version__,
             runs=contexts,
             board=leaderboard(runs, anchors) if len(runs) > 1 else None,
-            analyses=[analysis_context(a) for a in analyses],
+            analyses=[
+                {**analysis_context(a), "anchor": _slug(f"analysis-{_study(a)}", used)}
+                for a in analyses
+            ],
             n_flags=n_flags,
         )
     )
+
+
+def _study(data: AnalysisData) -> str:
+    return str(data.record.get("study") or data.path.resolve().name)
 
 
 def _finding_context(f: dict[str, Any]) -> dict[str, Any]:

@@ -79,8 +79,26 @@ def _from_summary(run: RunData, eps: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _worst_column(columns: Any, eps: Any, suffix: str) -> str | None:
+    return next(
+        (
+            c
+            for c in columns
+            if c.startswith("worst@")
+            and c.endswith(suffix)
+            and eps_key(c[len("worst@") : -len(suffix)]) == eps_key(eps)
+        ),
+        None,
+    )
+
+
 def _from_examples(run: RunData, eps: Any) -> list[dict[str, Any]]:
-    """Fallback: ``label``, ``clean_correct`` and ``worst@EPS:robust`` columns of the parquet."""
+    """Fallback: per-class means of the parquet's per-example columns.
+
+    Clean: ``clean_p`` (probability correct; 0/1 for exact scoring) or else ``clean_correct``
+    or ``clean_pred == label``. Robust: ``worst@EPS:score`` (the robust score, so a Monte-Carlo
+    run gives the same mean as the summary) or else ``worst@EPS:robust``.
+    """
     path = run.path / "examples.parquet"
     if not path.is_file():
         return []
@@ -92,30 +110,29 @@ def _from_examples(run: RunData, eps: Any) -> list[dict[str, Any]]:
         return []
     if "label" not in df.columns:
         return []
-    if "clean_correct" in df.columns:
-        correct = df["clean_correct"].astype(bool)
+    if "clean_p" in df.columns:
+        clean = df["clean_p"].astype(float)
+    elif "clean_correct" in df.columns:
+        clean = df["clean_correct"].astype(bool).astype(float)
     elif "clean_pred" in df.columns:
-        correct = df["clean_pred"] == df["label"]
+        clean = (df["clean_pred"] == df["label"]).astype(float)
     else:
         return []
-    worst_col = next(
-        (
-            c
-            for c in df.columns
-            if c.startswith("worst@")
-            and c.endswith(":robust")
-            and eps_key(c[len("worst@") : -len(":robust")]) == eps_key(eps)
-        ),
-        None,
-    )
+    score_col = _worst_column(df.columns, eps, ":score")
+    robust_col = _worst_column(df.columns, eps, ":robust")
+    robust = None
+    if score_col:
+        robust = df[score_col].astype(float)
+    elif robust_col:
+        robust = df[robust_col].astype(bool).astype(float)
     rows = []
     for cls, idx in df.groupby("label").groups.items():
         rows.append(
             {
                 "cls": int(cls),
                 "n": int(len(idx)),
-                "clean": float(correct.loc[idx].mean()),
-                "robust": float(df.loc[idx, worst_col].astype(bool).mean()) if worst_col else None,
+                "clean": float(clean.loc[idx].mean()),
+                "robust": float(robust.loc[idx].mean()) if robust is not None else None,
             }
         )
     return rows

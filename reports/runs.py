@@ -114,9 +114,37 @@ class RunData:
         return int(value) if value is not None else None
 
     @property
+    def schema_version(self) -> int:
+        """1 for run directories written before the rewritten harness (no ``schema_version``)."""
+        value = as_float(self.summary.get("schema_version"))
+        return int(value) if value is not None else 1
+
+    @property
+    def scoring(self) -> dict[str, Any]:
+        """``{semantics: exact | monte-carlo, draws, description}``; empty for schema-1 runs."""
+        scoring = self.summary.get("scoring")
+        return scoring if isinstance(scoring, dict) else {}
+
+    @property
+    def monte_carlo(self) -> bool:
+        """True when the run scored a randomized model by Monte Carlo over several draws."""
+        return str(self.scoring.get("semantics", "")).lower() == "monte-carlo"
+
+    @property
     def results(self) -> list[dict[str, Any]]:
+        """Result rows, one per (attack, eps): a row repeated verbatim is shown once."""
         rows = self.summary.get("results") or []
-        return [r for r in rows if isinstance(r, dict) and "attack" in r]
+        out: list[dict[str, Any]] = []
+        seen: set[tuple[str, float]] = set()
+        for r in rows:
+            if not isinstance(r, dict) or "attack" not in r:
+                continue
+            key = (str(r["attack"]), eps_key(r))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append(r)
+        return out
 
     @property
     def worst_case(self) -> list[dict[str, Any]]:
@@ -171,12 +199,23 @@ class RunData:
 
 
 @dataclass
+class TableFile:
+    """A table an analysis wrote (CSV inside its folder), as listed in ``analysis.json``."""
+
+    name: str
+    description: str
+    path: Path
+    rows: int | None = None
+
+
+@dataclass
 class AnalysisData:
-    """One analysis directory: its JSON record plus the plot files it lists."""
+    """One analysis directory: its JSON record plus the plot and table files it lists."""
 
     path: Path
     record: dict[str, Any]
     images: list[tuple[str, Path]]  # (caption, existing file inside the directory)
+    tables: list[TableFile] = field(default_factory=list)
 
 
 def load_run(path: str | Path) -> RunData:
@@ -220,6 +259,33 @@ def _collect_files(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
+def _inside(root: Path, target: Path) -> bool:
+    """True when ``target`` (resolved) lies inside the folder ``root`` (resolved)."""
+    return root in target.parents
+
+
+def _table_files(root: Path, files: Any) -> list[TableFile]:
+    """The CSV tables listed under ``files.tables`` that exist inside the analysis folder."""
+    entries = files.get("tables") if isinstance(files, dict) else None
+    out: list[TableFile] = []
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("csv"), str):
+            continue
+        target = (root / entry["csv"]).resolve()
+        if target.suffix.lower() != ".csv" or not target.is_file() or not _inside(root, target):
+            continue
+        rows = as_float(entry.get("rows"))
+        out.append(
+            TableFile(
+                name=str(entry.get("name") or target.stem),
+                description=str(entry.get("description") or ""),
+                path=target,
+                rows=int(rows) if rows is not None else None,
+            )
+        )
+    return out
+
+
 def load_analysis(path: str | Path) -> AnalysisData:
     """Read ``analysis.json`` and resolve its plot files, refusing paths that leave the folder."""
     path = Path(path)
@@ -244,7 +310,7 @@ def load_analysis(path: str | Path) -> AnalysisData:
         target = (path / rel).resolve()
         if target.suffix.lower() not in IMAGE_SUFFIXES or target in seen or not target.is_file():
             continue
-        if root not in target.parents:  # a relative path must not escape the analysis folder
+        if not _inside(root, target):  # a relative path must not escape the analysis folder
             continue
         seen.add(target)
         images.append((caption, target))
@@ -253,4 +319,9 @@ def load_analysis(path: str | Path) -> AnalysisData:
     images = [
         (c, p) for c, p in images if not (p.suffix.lower() == ".svg" and p.with_suffix("") in pngs)
     ]
-    return AnalysisData(path=path, record=record, images=images)
+    return AnalysisData(
+        path=path,
+        record=record,
+        images=images,
+        tables=_table_files(root, record.get("files")),
+    )

@@ -161,8 +161,8 @@ class _Biased(nn.Module):
 def test_exact_cost_when_nothing_breaks() -> None:
     # per call: one clean forward; per run (restart or target) n_iter forward+backward and one
     # forward for the final iterate; times eot_iter
-    model = _Biased().eval().requires_grad_(False)
-    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model = _Biased().double().eval().requires_grad_(False)  # float64: CE changes are ~1e-7
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     y = torch.zeros(6, dtype=torch.long)
     n = 6
     cases = (
@@ -177,6 +177,14 @@ def test_exact_cost_when_nothing_breaks() -> None:
         assert counter.snapshot() == (eot * (n + runs * 8 * n), eot * runs * 7 * n)
         _in_threat_model(x_adv, x, EPS, "linf")
         assert torch.equal(_robust(model, x_adv, y), torch.ones(n, dtype=torch.bool))
+        if fn is apgd_targeted:
+            continue
+        # unbroken points get their highest-loss (CE) iterate, not the clean input back
+        with torch.no_grad():
+            gain = F.cross_entropy(model(x_adv), y, reduction="none") - F.cross_entropy(
+                model(x), y, reduction="none"
+            )
+        assert bool((gain > 0).all())
 
 
 def test_same_seed_same_result(apgd_robust_mlp, apgd_test_data) -> None:
@@ -209,19 +217,23 @@ def test_early_exit_leaves_unbroken_points_unchanged(
     model = copy.deepcopy(apgd_robust_mlp).double()
     x, y = apgd_test_data
     x, y = x[:100].double(), y[:100]
-    outs = {}
+    outs, cost = {}, {}
     for early_stop in (True, False):
         gen = torch.Generator().manual_seed(7)
+        counter = CostCounter(model)
         kw = dict(eps=EPS, n_iter=25, n_restarts=2, early_stop=early_stop, generator=gen)
         if targeted:
             outs[early_stop] = apgd_targeted(model, x, y, n_target_classes=3, **kw)
         else:
             outs[early_stop] = apgd(model, x, y, loss="dlr", **kw)
+        counter.close()
+        cost[early_stop] = counter.snapshot()
     robust = {k: _robust(model, v, y) for k, v in outs.items()}
     assert torch.equal(robust[True], robust[False])
     assert 0 < int(robust[True].sum()) < int(_robust(model, x, y).sum())  # some broken, some not
     r = robust[False]
     assert torch.equal(outs[True][r], outs[False][r])
+    assert cost[True][0] < cost[False][0] and cost[True][1] < cost[False][1]
 
 
 @pytest.mark.parametrize("classes,fn", [(2, "dlr"), (3, "t")])

@@ -270,16 +270,25 @@ def test_sanity_checks_cost_at_most_a_quarter_of_the_protocol(at_ckpt, kw):
 
 
 def test_an_unfinished_training_run_is_flagged(at_ckpt, tmp_path):
+    """The trainer rewrites checkpoint.pt every epoch; one from epoch 2 of 5 (as a killed run
+    leaves it) is flagged, in the current format (``completed`` False) and in the older one
+    (``epoch`` below ``epochs``); the finished run is not."""
     finished = evaluate(at_ckpt, attacks="fgsm", n=8, sanity=False, **QUIET).summary
     assert "unfinished_training" not in [f["id"] for f in finished["flags"]]
     obj = torch.load(at_ckpt, weights_only=True)
     assert obj["epoch"] == obj["train_config"]["epochs"] == 2
-    obj["train_config"]["epochs"] = 5  # as if killed after epoch 2 of 5
-    path = tmp_path / "checkpoint.pt"
-    torch.save(obj, path)
-    summary = evaluate(path, attacks="fgsm", n=8, sanity=False, **QUIET).summary
-    flag = next(f for f in summary["flags"] if f["id"] == "unfinished_training")
-    assert flag["severity"] == "warning" and "epoch 2 of 5" in flag["message"]
+    obj["train_config"]["epochs"] = 5  # as the trainer writes it after epoch 2 of 5
+    if "completed" in obj["train_config"]:
+        obj["train_config"]["completed"] = False
+    older = {**obj, "train_config": dict(obj["train_config"])}
+    older["train_config"].pop("completed", None)
+    for i, payload in enumerate((obj, older)):
+        path = tmp_path / f"{i}" / "checkpoint.pt"
+        path.parent.mkdir()
+        torch.save(payload, path)
+        summary = evaluate(path, attacks="fgsm", n=8, sanity=False, **QUIET).summary
+        flag = next(f for f in summary["flags"] if f["id"] == "unfinished_training")
+        assert flag["severity"] == "warning" and "epoch 2 of 5" in flag["message"]
 
 
 # ------------------------------------------------------------------------- CIFS

@@ -107,6 +107,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="forward passes per candidate when the model is randomized (default: 20)",
     )
     g.add_argument(
+        "--adapt-for",
+        default=None,
+        metavar="TRAITS",
+        help="also adapt to these traits (comma list of aux_heads, stochastic, bounded_logits, "
+        "mask_gradients): compared models then face the same adaptive attacks",
+    )
+    g.add_argument(
         "--no-compaction",
         action="store_true",
         help="run every attack on every clean-correct point (independent per-attack numbers)",
@@ -180,5 +187,6 @@ def run(args: argparse.Namespace) -> int:
         force_normalize=args.force_normalize,
         data_root=args.data_root,
         download=args.download,
+        adapt_for={t.strip(): True for t in (args.adapt_for or "").split(",") if t.strip()},
     )
     return 0

@@ -100,11 +100,17 @@ def listing(section: str) -> list[dict[str, Any]]:
                 rows.append({"name": name, "kind": "plugin", "summary": "(not available)"})
         return rows
     if section == "attacks":
-        from evalkit.attacks.registry import ATTACKS
+        from evalkit.attacks.registry import aliases_of, attack_names, get_attack
 
         return [
-            {"name": s.name, "norms": list(s.norms), "description": s.description}
-            for s in ATTACKS.values()
+            {
+                "name": s.name,
+                "aliases": aliases_of(s.name)[1:],
+                "norms": list(s.norms),
+                "white_box": s.white_box,
+                "description": s.description,
+            }
+            for s in (get_attack(name) for name in attack_names())
         ] + [
             {
                 "name": "foolbox:AttackName",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from evalkit.evaluation.engine import Settings, n_batches, run_protocol
 from evalkit.evaluation.estimate import estimate, probe_rate
 from evalkit.evaluation.inputs import (
     check_match,
+    check_shape,
     count_classes,
     fingerprints,
     resolve_data,
@@ -86,6 +87,29 @@ class EvalResult:
 
     def __repr__(self) -> str:
         return format_table(self.summary)
+
+
+ADAPTABLE = ("aux_heads", "stochastic", "bounded_logits", "mask_gradients")
+
+
+def _check_adapt_for(adapt_for: dict[str, bool] | None) -> dict[str, bool]:
+    unknown = sorted(set(adapt_for or {}) - set(ADAPTABLE))
+    if unknown:
+        raise EvalkitError(
+            f"adapt_for has unknown traits {', '.join(unknown)} (known: {', '.join(ADAPTABLE)})"
+        )
+    return {k: bool(v) for k, v in (adapt_for or {}).items()}
+
+
+def union_traits(models: list[nn.Module]) -> dict[str, bool]:
+    """The traits any of ``models`` has, for ``evaluate(..., adapt_for=...)``: models compared
+    with each other then face the union of the adaptive attacks any of them needs."""
+    return {
+        "aux_heads": any(has_aux_heads(m) for m in models),
+        "stochastic": any(is_stochastic(m) for m in models),
+        "bounded_logits": any(has_bounded_logits(m) for m in models),
+        "mask_gradients": any(has_mask_gradients(m) for m in models),
+    }
 
 
 def _as_list(v: list[str] | str | None) -> list[str] | None:
@@ -200,6 +224,7 @@ def evaluate(
     force_normalize: bool = False,
     data_root: str | Path | None = None,
     download: bool = False,
+    adapt_for: dict[str, bool] | None = None,
 ) -> EvalResult:
     """Evaluate ``model``'s robustness on ``data`` under a protocol; returns an :class:`EvalResult`.
 
@@ -228,6 +253,11 @@ def evaluate(
         weights: weights file for a ``pkg.module:factory`` / ``file.py:factory`` model.
         defense, params: test-time defense to add (e.g. ``sap``) and defense parameters
             (e.g. ``{"cifs_adaptive": True}``).
+        adapt_for: traits to adapt to in addition to the model's own, e.g.
+            ``{"bounded_logits": True, "aux_heads": True}``: a comparison of several models
+            passes the union of their traits (:func:`union_traits`) so every model faces the
+            same attacks. Keys: ``aux_heads``, ``stochastic``, ``bounded_logits``,
+            ``mask_gradients``.
 
     Raises:
         EvalkitError: one line naming the fix, for every bad input.
@@ -288,6 +318,7 @@ def evaluate(
                 params=params,
             ),
             data_opts=dict(data_root=data_root, download=download),
+            adapt_for=_check_adapt_for(adapt_for),
             device=D.device_for(dev, info),
             info=info,
             t_start=t_start,
@@ -316,6 +347,7 @@ def _evaluate(
     echo,
     load,
     data_opts,
+    adapt_for,
     device,
     info,
     t_start,
@@ -326,10 +358,10 @@ def _evaluate(
 
     m = resolve_model(model, device=device, **load)
     d = resolve_data(data, dataset=load["dataset"] or m.dataset, n=n, **data_opts)
+    check_shape(m, d)
     probe_x, _ = d.examples.fetch(torch.arange(min(16, len(d.examples))))
     probe_x = probe_x.to(device)
-    with attack_mode(m.model):
-        num_classes = count_classes(m.model, probe_x)
+    num_classes = count_classes(m.model, probe_x)
     if m.num_classes is not None and int(m.num_classes) != num_classes:
         raise EvalkitError(
             f"the model returns {num_classes} logits but its metadata says {m.num_classes} classes"
@@ -338,6 +370,8 @@ def _evaluate(
     budgets = parse_budgets(eps, norm, preset_eps=preset.eps, input_shape=d.shape)
     params = {**m.defense_params, **(load["params"] or {})}
     traits = _traits(m.model, probe_x, num_classes, params, settings["seed"])
+    if adapt_for:
+        traits = replace(traits, **{k: getattr(traits, k) or v for k, v in adapt_for.items()})
     draws = mc_draws if traits.random else 1
     plans, adaptive = adapt_plans(plans, traits, eot=eot, loss=loss, explicit=explicit)
     cfg = Settings(draws=draws, **settings)

@@ -75,7 +75,9 @@ def parse_budgets(
     n = check_norm(norm)
     if eps is None:
         eps = preset_eps if (preset_eps and n == "linf") else DEFAULT_EPS[n]
-    if isinstance(eps, (str, int, float)) and not isinstance(eps, bool):
+    if isinstance(eps, bool):
+        _read(eps)  # one-line error
+    if isinstance(eps, (str, int, float)):
         items: list[str | float] = (
             [t.strip() for t in eps.split(",") if t.strip()] if isinstance(eps, str) else [eps]
         )

@@ -23,6 +23,7 @@ from evalkit.data import ArraySplit, dataset_info, load_array_file, load_split
 from evalkit.errors import DataError, EvalkitError
 from evalkit.evaluation.engine import TensorExamples
 from evalkit.evaluation.fingerprint import file_sha256, module_sha256, tensors_sha256
+from evalkit.training.api import training_complete
 
 
 @dataclass
@@ -111,11 +112,10 @@ def resolve_model(
     if shape is None and desc.get("in_channels") and desc.get("input_size"):
         shape = (desc["in_channels"], desc["input_size"], desc["input_size"])
     file = Path(str(weights)) if weights is not None else Path(spec)
-    cfg = desc.get("train_config") or {}
-    epochs, epoch = cfg.get("epochs"), desc.get("epoch")
     unfinished = None
-    if epochs is not None and epoch is not None and int(epoch) < int(epochs):
-        unfinished = f"epoch {epoch} of {epochs}"
+    if not training_complete(desc):
+        cfg = desc.get("train_config") or {}
+        unfinished = f"epoch {desc.get('epoch')} of {cfg.get('epochs')}"
     return ModelInput(
         net,
         desc,
@@ -196,13 +196,18 @@ def resolve_data(
     return DataInput(TensorExamples(x, split.y.long()), source, file_path)
 
 
-def check_match(m: ModelInput, d: DataInput, num_classes: int) -> None:
-    """Images must have the model's shape and labels its class range."""
+def check_shape(m: ModelInput, d: DataInput) -> None:
+    """Images must have the model's shape (when the model says what it is)."""
     if m.input_shape is not None and tuple(d.shape) != tuple(m.input_shape):
         raise DataError(
             f"data images are {tuple(d.shape)} (C,H,W) but the model expects "
             f"{tuple(m.input_shape)} (pick matching data or dataset)"
         )
+
+
+def check_match(m: ModelInput, d: DataInput, num_classes: int) -> None:
+    """Images must have the model's shape and labels its class range."""
+    check_shape(m, d)
     y = d.examples.y
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         raise DataError(
@@ -216,10 +221,27 @@ def count_classes(model: nn.Module, x: torch.Tensor) -> int:
         from evalkit.models.wrap import check_outputs
     except ImportError:  # pragma: no cover - older tree
         check_outputs = None
-    with torch.no_grad():
-        out = model(x)
+    modes = [(mod, mod.training) for mod in model.modules()]
+    model.eval()  # no BatchNorm statistics updated by the probe; parameters untouched
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except EvalkitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user model failing on user data: say so in one line
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise EvalkitError(
+            f"the model failed on the data ({type(exc).__name__}: {first}); check that the "
+            f"images (a batch of shape {tuple(x.shape)}) match the model's input"
+        ) from None
+    finally:
+        for mod, training in modes:
+            mod.training = training
     if check_outputs is not None:
-        check_outputs(model, x)
+        with torch.no_grad():
+            check_outputs(model.eval(), x)
+        for mod, training in modes:
+            mod.training = training
     if not torch.is_tensor(out) or out.ndim != 2:
         raise EvalkitError(
             "the model must return logits of shape (N, classes); wrap tuple/dict outputs with "

@@ -1,7 +1,7 @@
 """Evaluation protocols: which attacks run, in which order, with which loss and budget.
 
 A :class:`Preset` is a named, ordered list of :class:`AttackPlan` entries plus default eps and
-norm. ``default`` is DESIGN.md §6 (FGSM; PGD-20 step eps/4 with random start; CW-inf = PGD-30 on
+norm. ``default`` is the standard protocol (FGSM; PGD-20 step eps/4 with random start; CW-inf = PGD-30 on
 the per-example CW margin; AutoAttack standard; see docs/protocol.md). ``fast`` is a cheap
 stand-in for demos and tests; ``aa-fast`` is an AutoAttack-grade evaluation with evalkit's own
 APGD-CE + APGD-T (early exit, per-iteration compaction); ``paper-*`` presets follow each seed
@@ -161,7 +161,7 @@ PRESETS: dict[str, Preset] = {
     for p in [
         Preset(
             "default",
-            "DESIGN.md §6: FGSM; PGD-20 (eps/4, random start); CW-inf (PGD-30 on "
+            "standard protocol: FGSM; PGD-20 (eps/4, random start); CW-inf (PGD-30 on "
             "the CW margin); AutoAttack standard",
             (_fgsm(), _pgd(20), _cw_inf(30), _aa("standard")),
         ),

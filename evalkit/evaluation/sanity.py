@@ -304,17 +304,18 @@ def run_checks(
             alive = df.loc[df[f"worst@{bud.label}:score"] > 0, "index"].to_numpy()
             if not len(alive):
                 continue
-            # cost ~ n * (queries + 1 init + draws scoring passes)
+            # cost ~ n * (queries + init/final passes + draws scoring passes)
             n = min(SQUARE_N, len(alive))
-            queries = min(SQUARE_QUERIES, share // n - draws - 2)
+            queries = min(SQUARE_QUERIES, share // n - draws - 3)
             if queries < SQUARE_MIN_QUERIES:
-                n = min(n, share // (SQUARE_MIN_QUERIES + draws + 2))
+                n = min(n, share // (SQUARE_MIN_QUERIES + draws + 3))
                 queries = SQUARE_MIN_QUERIES
             if n < min(4, len(alive)):
                 flags.append(over_budget("Square probe", 4 * SQUARE_MIN_QUERIES * draws, share))
                 continue
             plan = square_probe_plan(queries)
-            probes.append(plan)
+            if not any(p.id == plan.id for p in probes):  # one row per eps, not one per probe
+                probes.append(plan)
             key = unit_key("attack", "probe", plan.id, bud.label)
             if key not in records:
                 idx = torch.as_tensor(alive[:n].copy(), dtype=torch.long)

@@ -110,7 +110,7 @@ def pgd_at_loss(model, attack_model, x, y, ctx, gen):
 
 
 def trades_loss(model, attack_model, x, y, ctx, gen):
-    """CE(f(x), y) + beta * KL(f(x') || f(x)); x' maximises the KL from x + 0.001 N(0, 1).
+    """CE(f(x), y) + beta * KL(f(x) || f(x')) (Zhang et al. 2019, batch mean); x' maximises the KL from x + 0.001 N(0, 1).
 
     With auxiliary heads (TRADES+CAS/CIFS, as in CAS's ``trades_reg.py``) each head adds its CE on
     x (the plugin's extra loss) and ``head_beta * beta * KL(head(x') || head(x))``.

@@ -150,12 +150,37 @@ GPU_EXTRA = [
     ModelDef("mart", "mart"),
     ModelDef("mart_cas", "mart+cas"),
 ]
+ALL_MODELS = [CIFS_NAT, STD, AT, AT_CAS, AT_CIFS, AT_HE, *GPU_EXTRA]
+
+
+# what each defense plugin makes the harness adapt to (evalkit.defenses.context flags)
+PLUGIN_TRAITS = {
+    "cas": ("aux_heads",),
+    "cifs": ("aux_heads", "mask_gradients"),
+    "he": ("bounded_logits",),
+    "sap": ("stochastic",),
+}
+
+
+def union_of_traits(defenses: list[str]) -> dict[str, bool]:
+    """Traits any of the compared models' defense SPECs brings: every model of a comparison is
+    evaluated with the adaptive attacks any of them needs (``evaluate(adapt_for=...)``), so a
+    gap between them is never a gap between protocols."""
+    out: dict[str, bool] = {}
+    for spec in defenses:
+        for part in spec.lower().split("+"):
+            for trait in PLUGIN_TRAITS.get(part.strip(), ()):
+                out[trait] = True
+    return out
 
 
 def _attack_runs(
     ctx: StudyContext, seed: int, keys: list[str], preset: str | None = None
 ) -> list[Step]:
-    return [evaluate_step(ctx, k, seed, preset=preset) for k in keys]
+    defs = {m.key: m.defense for m in ALL_MODELS}
+    union = union_of_traits([defs[k] for k in keys])
+    extra = {"adapt_for": union} if union else {}
+    return [evaluate_step(ctx, k, seed, preset=preset, **extra) for k in keys]
 
 
 def _harness_pgd(ctx: StudyContext) -> dict[str, Any]:

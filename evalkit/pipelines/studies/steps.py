@@ -169,6 +169,9 @@ def _evaluate_command(kw: dict[str, Any]) -> str:
     kw = dict(kw)
     argv = ["evalkit", "attack", "--ckpt", str(kw.pop("model")), *_data_flags(kw)]
     out = kw.pop("out")
+    union = kw.pop("adapt_for", None) or {}
+    if any(union.values()):
+        argv += ["--adapt-for", ",".join(k for k, v in union.items() if v)]
     argv += _flags(kw) + ["--out", str(out), "--no-progress"]
     return shlex.join(argv)
 

@@ -361,33 +361,32 @@ def test_cli_channels_and_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_pooling_study_script_trains_grid_with_both_pool_types(tmp_path):
-    """The CPU-scale pooling study end to end (trainer + evaluation), reduced to 2 map sizes."""
-    from analysis.pooling import main
+def test_pooling_grid_trains_both_pool_types_and_is_analysed(tmp_path):
+    """The pooling study end to end through the API (trainer grid + analysis), 2 map sizes."""
+    import evalkit
+    from evalkit.pipelines.pooling import train_pooling_grid
 
     out = tmp_path / "pool"
-    rc = main(
-        [
-            "--out",
-            str(out),
-            "--configs",
-            "1222,1221@2",
-            "--epochs",
-            "1",
-            "--n-train",
-            "300",
-            "--attack-steps",
-            "2",
-            "--n",
-            "64",
-            "--steps",
-            "3",
-            "--quiet",
-            "--device",
-            "cpu",
-        ]
+    ckpts = train_pooling_grid(
+        "1222,1221@2",
+        out=tmp_path / "models",
+        epochs=1,
+        n_train=300,
+        attack_steps=2,
+        device="cpu",
+        progress=False,
     )
-    assert rc == 0
+    evalkit.analyze(
+        {k: str(v) for k, v in ckpts.items()},
+        analysis="pooling",
+        data="fashion-mnist-mini",
+        n=64,
+        eps=8 / 255,
+        steps=3,
+        out=out,
+        progress=False,
+        device="cpu",
+    )
     doc = _check_outputs(out, "pooling")
     table = pd_read(out / "pooling.parquet")
     assert set(zip(table["pool"], table["map_size"])) == {
@@ -396,5 +395,5 @@ def test_pooling_study_script_trains_grid_with_both_pool_types(tmp_path):
         ("max", 4),
         ("max", 14),
     }
-    assert (out / "models" / "max-s1221-up2" / "checkpoint.pt").exists()
+    assert (tmp_path / "models" / "max-1221-up2" / "checkpoint.pt").exists()
     assert "avg pool" in doc["finding"] and "max pool" in doc["finding"]

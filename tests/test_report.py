@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_report_fixtures import (
     make_analysis_dir,
     make_real_run,
@@ -237,3 +238,387 @@ def test_eps_labels(eps: object, shown: str) -> None:
     from reports.runs import fmt_eps
 
     assert fmt_eps(eps) == shown
+
+
+# --------------------------------------------------------------------------- schema 2: scoring
+
+
+class NoisyCentroid(torch.nn.Module):
+    """Nearest-class-mean classifier on raw pixels: logits ``0.2 (2 f.c_k - |c_k|^2)`` for
+    flattened images ``f`` (N, 784) and class means ``c_k``; with ``sigma > 0`` every forward
+    pass adds N(0, sigma^2) noise to the logits, so points near a decision boundary are correct
+    on some draws only (a randomized model by construction, like dropout left on)."""
+
+    def __init__(self, centroids: torch.Tensor, sigma: float) -> None:
+        super().__init__()
+        self.register_buffer("c", centroids)
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = x.flatten(1)
+        logits = 0.2 * (2 * f @ self.c.T - (self.c**2).sum(1))
+        return logits + self.sigma * torch.randn_like(logits) if self.sigma else logits
+
+
+@pytest.fixture(scope="module")
+def scored_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Run directories written by ``evalkit.evaluate``: the same centroid classifier without
+    noise (exact scoring), with noise (Monte Carlo, 10 draws, preset ``fast``: a Square probe
+    runs), and with noise under an explicit attack list (adaptive AutoAttack left out)."""
+    from evalkit.data import load_split
+    from evalkit.evaluation import evaluate
+
+    root = tmp_path_factory.mktemp("scored")
+    train = load_split("fashion-mnist-mini", "train").first(2000)
+    xt, yt = train.float_batch(slice(None)).flatten(1), train.y
+    centroids = torch.stack([xt[yt == k].mean(0) for k in range(10)])
+    test = load_split("fashion-mnist-mini", "test").first(48)
+    data = (test.float_batch(slice(None)), test.y)
+    common = dict(eps=["2/255", "8/255"], device="cpu", progress=False, echo=False, seed=1)
+    runs = {}
+    with one_thread():
+        for name, sigma, attacks in (
+            ("exact", 0.0, None),
+            ("mc", 1.0, None),
+            ("mc-explicit", 1.0, ["fgsm", "pgd"]),
+        ):
+            runs[name] = root / name
+            evaluate(
+                NoisyCentroid(centroids, sigma),
+                data,
+                preset="fast",
+                attacks=attacks,
+                mc_draws=10,
+                eot=2,
+                out=runs[name],
+                **common,
+            )
+    return runs
+
+
+@pytest.fixture(scope="module")
+def scored_report(scored_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("scored-rep") / "report.html"
+    assert cli_main(["report", *map(str, scored_runs.values()), "-o", str(out)]) == 0
+    return out.read_text(encoding="utf-8")
+
+
+def section(html: str, anchor: str) -> str:
+    """The HTML of one run's section (from its id to the next section)."""
+    start = html.index(f'id="{anchor}"')
+    end = html.find("<section", start)
+    return html[start : end if end > 0 else len(html)]
+
+
+def text_of(fragment: str) -> str:
+    """Visible text with tags dropped (inline ones without a gap) and whitespace collapsed."""
+    inline = re.sub(r"</?(?:strong|span|code|em|a)\b[^>]*>", "", fragment)
+    return " ".join(htmllib.unescape(re.sub(r"<[^>]+>", " ", inline)).split())
+
+
+def test_both_scoring_semantics_are_shown(scored_runs: dict[str, Path], scored_report: str):
+    exact, mc = _summary(scored_runs["exact"]), _summary(scored_runs["mc"])
+    assert exact["schema_version"] == 2 and exact["scoring"]["semantics"] == "exact"
+    assert mc["scoring"] == {**mc["scoring"], "semantics": "monte-carlo", "draws": 10}
+    exact_text = text_of(section(scored_report, "run-exact"))
+    mc_text = text_of(section(scored_report, "run-mc"))
+    assert "scoring: exact (deterministic, one pass per candidate)" in exact_text
+    assert exact["scoring"]["description"] in exact_text
+    assert "scoring: Monte Carlo · 10 draws per candidate" in mc_text
+    assert mc["scoring"]["description"] in mc_text
+    assert "Monte Carlo" not in exact_text.split("Protocol actually run")[0]
+    board = tables_by_id(scored_report)
+    col = board[0].index("scoring")
+    assert {row[2]: row[col] for row in board[1:]} == {
+        "exact": "exact",
+        "mc": "Monte Carlo (10 draws)",
+        "mc-explicit": "Monte Carlo (10 draws)",
+    }
+
+
+def test_monte_carlo_numbers_equal_the_summary(scored_runs: dict[str, Path], scored_report: str):
+    s = _summary(scored_runs["mc"])
+    # the model really is random: the mean over draws and "all draws" differ
+    assert s["clean_accuracy_all_draws"] < s["clean_accuracy"] and s["clean_mc_std_error"] > 0
+    html = section(scored_report, "run-mc")
+    head = s["worst_case"][-1]
+    assert text_of(html).count(
+        f"clean accuracy {pct(s['clean_accuracy'])}% (mean over 10 draws, s.e. "
+        f"{pct(s['clean_mc_std_error'])}; correct on all draws {pct(s['clean_accuracy_all_draws'])}%)"
+        f" · worst-case robust accuracy {pct(head['robust_accuracy'])}% (s.e. "
+        f"{pct(head['mc_std_error'])}; correct on all draws "
+        f"{pct(head['robust_accuracy_all_draws'])}%) at eps 8/255"
+    ) == 1
+    (worst,) = tables(html, "worst-table")
+    assert worst[1:] == [
+        [
+            w["eps"],
+            pct(w["robust_accuracy"]),
+            pct(w["mc_std_error"]),
+            pct(w["robust_accuracy_all_draws"]),
+            str(w["n_robust"]),
+        ]
+        for w in s["worst_case"]
+    ] + [
+        [
+            "clean",
+            pct(s["clean_accuracy"]),
+            pct(s["clean_mc_std_error"]),
+            pct(s["clean_accuracy_all_draws"]),
+            str(s["n_clean_correct"]),
+        ]
+    ]
+    (robust,) = tables(html, "robust-table")
+    all_draws = next(r for r in robust if r[0].startswith("correct on all 10 draws"))
+    assert all_draws[1:] == [pct(w["robust_accuracy_all_draws"]) for w in s["worst_case"]]
+
+
+def test_exact_run_says_exact(scored_runs: dict[str, Path], scored_report: str) -> None:
+    s = _summary(scored_runs["exact"])
+    html = section(scored_report, "run-exact")
+    (worst,) = tables(html, "worst-table")
+    for row, w in zip(worst[1:], s["worst_case"]):
+        assert row == [
+            w["eps"],
+            pct(w["robust_accuracy"]),
+            "exact",
+            pct(w["robust_accuracy_all_draws"]),
+            str(w["n_robust"]),
+        ]
+    (robust,) = tables(html, "robust-table")
+    assert not any(r[0].startswith("correct on all") for r in robust)
+    assert "(mean over" not in text_of(html)
+
+
+def test_probe_rows_are_marked_and_broken_by_matches(
+    scored_runs: dict[str, Path], scored_report: str
+) -> None:
+    s = _summary(scored_runs["mc"])
+    probes = {r["attack"] for r in s["results"] if r.get("probe")}
+    assert probes, "preset fast on 48 points must leave budget for the Square sanity probe"
+    html = section(scored_report, "run-mc")
+    (robust,) = tables(html, "robust-table")
+    marked = {r[0].removesuffix(PROBE_TAG).strip() for r in robust if r[0].endswith(PROBE_TAG)}
+    assert marked == probes
+    assert any(r[0] == "worst case (per example, all attacks, probes included)" for r in robust)
+    (broken,) = tables(html, "broken-by-table")
+    header = [h.removesuffix(" (probe)") for h in broken[0]]
+    assert header[0] == "eps" and header[-2:] == ["robust", "total"]
+    sources = header[1:-2]
+    assert sources[0] == "clean" and set(sources) == {
+        k for w in s["worst_case"] for k in w["broken_by"]
+    }
+    for p in probes & set(sources):
+        assert f"{p} (probe)" in broken[0]
+    for row, w in zip(broken[1:], s["worst_case"]):
+        assert row[0] == w["eps"]
+        assert row[1:-2] == [str(w["broken_by"].get(src, 0)) for src in sources]
+        assert row[-2] == str(w["n_robust"])
+        assert row[-1] == str(s["n_examples"])  # every point is robust or broken by one source
+
+
+def test_cost_split_and_sanity_share(scored_runs: dict[str, Path], scored_report: str) -> None:
+    s = _summary(scored_runs["mc"])
+    html = section(scored_report, "run-mc")
+    (cost,) = tables(html, "cost-table")
+    parts = ("clean", "protocol", "sanity_probes", "sanity")
+    assert [r[1:3] for r in cost[1:]] == [
+        [f"{s['cost'][p]['forward_passes']:,}", f"{s['cost'][p]['backward_passes']:,}"]
+        for p in parts
+    ]
+    assert cost[1][3] == f"{s['cost']['clean']['time_s']:.1f} s"
+    sanity = s["cost"]["sanity"]
+    assert sanity["limit_share"] == 0.25
+    assert (
+        f"Sanity checks spent {sanity['propagations']:,} propagations = "
+        f"{100 * sanity['share_of_protocol']:.1f}% of the protocol's attack propagations "
+        f"(limit 25%, budget {sanity['budget']:,})"
+    ) in text_of(html)
+
+
+def test_fingerprints_in_the_model_card(scored_runs: dict[str, Path], scored_report: str) -> None:
+    for name, run in scored_runs.items():
+        prints = _summary(run)["fingerprints"]
+        (card,) = tables(section(scored_report, f"run-{name}"), "fingerprints")
+        shown = dict(row for row in card[1:])
+        assert shown["model_sha256"] == prints["model_sha256"][:12]
+        assert shown["data_sha256"] == prints["data_sha256"][:12]
+        assert prints["checkpoint_sha256"] is None and shown["checkpoint_sha256"] == "—"
+        assert f'title="{prints["model_sha256"]}"' in scored_report
+
+
+def test_adaptive_left_out_and_autoattack_details(
+    scored_runs: dict[str, Path], scored_report: str
+) -> None:
+    s = _summary(scored_runs["mc-explicit"])
+    left = [a for a in s["adaptive"] if a.get("left_out")]
+    assert left, "an explicit attack list on a randomized model leaves out AutoAttack rand"
+    html = section(scored_report, "run-mc-explicit")
+    (table,) = tables(html, "adaptive-table")
+    assert table[1][:4] == ["addition", "why", "attacks it changed or added", "left out"]
+    rows = {r[0]: r for r in table[2:]}
+    for a in s["adaptive"]:
+        assert rows[a["name"]][1] == a["reason"]
+        assert rows[a["name"]][2] == (", ".join(a["attacks"]) or "—")
+        assert rows[a["name"]][3] == (", ".join(a.get("left_out") or []) or "—")
+    flag = next(f for f in s["flags"] if f["id"] == "adaptive_attack_left_out")
+    top = scored_report[: scored_report.index('class="run"')]
+    assert flag["message"] in text_of(top)
+    # AutoAttack's record of what ran (with its EOT iterations) is in the details table
+    mc = _summary(scored_runs["mc"])
+    aa = next(r for r in mc["results"] if r["attack"].startswith("autoattack"))
+    (details,) = tables(section(scored_report, "run-mc"), "details-table")
+    row = next(r for r in details[1:] if r[0] == aa["attack"])
+    assert f"ran: {', '.join(aa['details']['ran'])}" in row[-1]
+    assert ", ".join(f"{k} {v}" for k, v in aa["details"]["eot_iter"].items()) in row[-1]
+
+
+def test_per_class_fallback_uses_monte_carlo_scores(
+    scored_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Without ``per_class`` in summary.json the table comes from examples.parquet's ``clean_p``
+    and ``worst@EPS:score`` and must equal the harness's own per-class numbers."""
+    import shutil
+
+    s = _summary(scored_runs["mc"])
+    copy = tmp_path / "mc-copy"
+    shutil.copytree(scored_runs["mc"], copy)
+    reduced = {k: v for k, v in s.items() if k != "per_class"}
+    (copy / "summary.json").write_text(json.dumps(reduced))
+    out = tmp_path / "r.html"
+    assert cli_main(["report", str(copy), "-o", str(out)]) == 0
+    (pc,) = tables(out.read_text(), "per-class-table")
+    expected = [
+        [str(e["class"]), str(e["n"]), pct(e["clean_accuracy"]), pct(e["robust_accuracy"]["8/255"])]
+        for e in s["per_class"]
+        if e["n"]
+    ]
+    assert pc[1:] == expected
+
+
+def test_schema1_run_shows_missing_values_as_dashes(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path / "old", make_summary())
+    out = tmp_path / "r.html"
+    assert cli_main(["report", str(run), "-o", str(out)]) == 0
+    html = out.read_text()
+    text = text_of(html)
+    assert "scoring: — not recorded (run directory of summary schema 1" in text
+    (worst,) = tables(html, "worst-table")
+    assert worst[1] == ["4/255", pct(0.63 - 0.01), "—", "—", "—"]
+    assert "First broken by: — (not recorded" in text
+    assert tables(html, "fingerprints")[0][1:] == [["—"]]
+    assert "Sanity-check cost: — (not recorded)." in text
+    assert "No adaptive additions were run." in text
+
+
+# --------------------------------------------------------------------------- analysis folders
+
+
+def test_analysis_tables_embedded_when_small(tmp_path: Path) -> None:
+    import pandas as pd
+
+    folder = make_analysis_dir(tmp_path / "an" / "channels")
+    doc = json.loads((folder / "analysis.json").read_text())
+    pd.DataFrame({"model": ["std", "at"], "entropy": [0.98765, 0.5]}).to_csv(
+        folder / "small.csv", index=False
+    )
+    pd.DataFrame({"channel": range(500)}).to_csv(folder / "big.csv", index=False)
+    (tmp_path / "an" / "leak.csv").write_text("secret\n42\n")
+    doc["files"]["tables"] = [
+        {"name": "small", "csv": "small.csv", "description": "two rows"},
+        {"name": "big", "csv": "big.csv"},
+        {"name": "leak", "csv": "../leak.csv"},
+    ]
+    (folder / "analysis.json").write_text(json.dumps(doc))
+    from reports import build_report
+
+    html = build_report([], tmp_path / "r.html", analysis_dirs=[folder])["html"].read_text()
+    (small,) = tables(html, "table-small")
+    assert small[1:] == [["model", "entropy"], ["std", "0.9877"], ["at", "0.5"]]
+    assert "500 rows x 1 columns, not embedded" in html and not tables(html, "table-big")
+    assert "leak" not in html and "secret" not in html
+
+
+def test_distributions_analysis_is_registered_and_rendered(tmp_path: Path) -> None:
+    import base64
+
+    import pandas as pd
+
+    from evalkit.analyses import analyze, available_analyses
+    from evalkit.data import load_split
+    from evalkit.models import build_model
+
+    assert "distributions" in available_analyses()
+    split = load_split("fashion-mnist-mini", "test").first(8)
+    data = (split.float_batch(slice(None)), split.y)
+    torch.manual_seed(0)
+    models = {
+        name: build_model("smallcnn", num_classes=10, in_channels=1, width=4)
+        for name in ("a", "b")
+    }
+    with one_thread():
+        res = analyze(
+            models,
+            analysis="distributions",
+            data=data,
+            eps="8/255",
+            out=tmp_path / "dist",
+            device="cpu",
+            progress=False,
+            layer="layer3,layer4",
+            steps=1,
+            max_values=300,
+        )
+    assert res.doc["study"] == "distributions"
+    assert res.doc["params"]["layers"] == {"a": ["layer3", "layer4"], "b": ["layer3", "layer4"]}
+    assert set(res.value.summary["kind"]) == {"natural", "adversarial"}
+    from reports import build_report
+
+    html = build_report([], tmp_path / "r.html", analysis_dirs=[res.out])["html"].read_text()
+    block = section(html, "analysis-distributions")
+    for fig in ("ecdf", "violin"):
+        png = base64.b64encode((res.out / f"{fig}.png").read_bytes()).decode()
+        assert png in block
+    assert "layers analysed: a: layer3, layer4; b: layer3, layer4" in text_of(block)
+    (summary,) = tables(block, "table-distribution_summary")
+    csv = pd.read_csv(res.out / "distribution_summary.csv")
+    assert summary[1] == list(csv.columns)
+    assert [r[:4] for r in summary[2:]] == csv[["model", "layer", "kind", "stat"]].values.tolist()
+    assert [r[6] for r in summary[2:]] == [f"{v:.4g}" for v in csv["mean"]]
+    (grouped,) = tables(block, "analysis-grouped")
+    assert [r[:2] for r in grouped[1:]] == [
+        ["a", "layer3"],
+        ["a", "layer4"],
+        ["b", "layer3"],
+        ["b", "layer4"],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"max_values": 0}, "max_values must be a positive integer"),
+        ({"layer": "layer3", "layers": ["layer4"]}, "give the layers once"),
+        ({"layer": "layer9"}, "layer9"),
+        ({"threshold": 0.1}, "has no option 'threshold'"),
+    ],
+)
+def test_distributions_options_are_checked(
+    tmp_path: Path, options: dict, message: str
+) -> None:
+    from evalkit.analyses import analyze
+    from evalkit.models import build_model
+
+    x = torch.rand(2, 1, 28, 28)
+    model = build_model("smallcnn", num_classes=10, in_channels=1, width=4)
+    with pytest.raises(EvalkitError, match=message):
+        analyze(
+            {"m": model},
+            analysis="distributions",
+            data=(x, torch.tensor([0, 1])),
+            out=tmp_path,
+            device="cpu",
+            progress=False,
+            **options,
+        )

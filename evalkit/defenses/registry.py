@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from evalkit.defenses.spec import PLUGINS, DefenseSpec
+from evalkit.defenses.spec import PLUGINS, REGISTERED, DefenseSpec
 from evalkit.errors import EvalkitError
 
 # extra_loss(model, logits, y, params) -> scalar tensor added to the objective's loss; called
@@ -40,7 +40,9 @@ _REGISTRY: dict[str, Plugin] = {}
 
 
 def register(plugin: Plugin) -> Plugin:
+    """Make ``plugin`` usable in SPECs (``at+NAME``), by the trainer and the harness."""
     _REGISTRY[plugin.name] = plugin
+    REGISTERED.add(plugin.name)
     return plugin
 
 

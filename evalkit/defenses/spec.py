@@ -22,7 +22,10 @@ OBJECTIVE_ALIASES = {
     "natural": "standard",
     "clean": "standard",
 }
-PLUGINS = ("cas", "cifs", "he", "sap", "rcm")
+PLUGINS = ("cas", "cifs", "he", "sap", "rcm")  # built in: evalkit/defenses/<name>.py
+#: plugins registered at run time (``evalkit.defenses.registry.register``), e.g. by a user's
+#: own module: a new defense is one module that registers itself (docs/extending.md)
+REGISTERED: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -69,14 +72,14 @@ def parse_spec(text: str | DefenseSpec | None, params: dict[str, Any] | None = N
                     f"objective {tok!r} must come first in --defense {text!r} (e.g. at+cas)"
                 )
             objective = tok
-        elif tok in PLUGINS:
+        elif tok in PLUGINS or tok in REGISTERED:
             if tok in plugins:
                 raise EvalkitError(f"plugin {tok!r} appears twice in --defense {text!r}")
             plugins.append(tok)
         else:
             raise EvalkitError(
                 f"unknown defense part {tok!r} in {text!r} (objectives: {', '.join(OBJECTIVES)}; "
-                f"plugins: {', '.join(PLUGINS)})"
+                f"plugins: {', '.join(sorted({*PLUGINS, *REGISTERED}))})"
             )
     if "cas" in plugins and "cifs" in plugins:
         raise EvalkitError("cas and cifs both mask the same blocks; pick one")

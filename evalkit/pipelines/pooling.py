@@ -73,14 +73,16 @@ def train_pooling_grid(
     seed: int = 0,
     pools: Iterable[str] = ("avg", "max"),
     defense: str = "at",
-    reuse: bool = True,
+    reuse: bool = False,
     **options: Any,
 ) -> dict[str, Path]:
     """Train the grid under ``out/<label>/`` and return ``{label: checkpoint path}``.
 
     ``options`` are :func:`~evalkit.training.api.train` options shared by every model (e.g.
     ``width=8, n_train=2000, eps="8/255", attack_steps=3``). With ``reuse`` a finished
-    checkpoint already in place is kept (an unfinished one is resumed).
+    checkpoint already in place is kept (an unfinished one is resumed): off by default, since a
+    path says nothing about the options a checkpoint was trained with (studies use the
+    content-keyed step runner instead).
     """
     from evalkit.training.api import require_complete, train
 

@@ -9,6 +9,6 @@ Each study writes tables, figures and an ``analysis.json`` index (schema: ``anal
 the CLI is ``evalkit analyze``. Submodules are imported on use so ``import analysis`` stays cheap.
 """
 
-STUDIES = ("channels", "importance", "pooling", "sap-eot")
+STUDIES = ("channels", "importance", "pooling", "sap-eot", "distributions")
 
 __all__ = ["STUDIES"]

@@ -69,7 +69,9 @@ def _is_grouped(findings: Any) -> bool:
             isinstance(v, dict)
             and v
             and all(
-                isinstance(g, dict) and g and not any(isinstance(x, (dict, list)) for x in g.values())
+                isinstance(g, dict)
+                and g
+                and not any(isinstance(x, (dict, list)) for x in g.values())
                 for g in v.values()
             )
             for v in findings.values()

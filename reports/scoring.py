@@ -66,7 +66,7 @@ def worst_rows(run: RunData) -> list[dict[str, str]]:
         {
             "eps": fmt_eps(r.get("eps") if r.get("eps") is not None else r.get("eps_value")),
             "acc": pct(r.get("robust_accuracy")),
-            "se": pct(r.get("robust_accuracy_all_draws")),
+            "se": pct(r.get("mc_std_error")),
             "all_draws": pct(r.get("robust_accuracy_all_draws")),
             "n_robust": count(r.get("n_robust")),
         }

@@ -1,5 +1,6 @@
 """``evalkit demo --fast`` runs the whole offline pipeline (train three models, attack them with
-the harness, channel analysis, report) and says where the report is."""
+the harness, channel and activation-distribution analyses, report) and says where the report
+is."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ def test_demo_writes_the_report_and_prints_where(demo: tuple[Path, str]) -> None
         assert summary["protocol"]["preset"] == "fast"
         assert f"{name:<9} clean {100 * summary['clean_accuracy']:5.1f}%" in stdout
     assert (out / "analysis" / "channels" / "analysis.json").is_file()
+    assert (out / "analysis" / "distributions" / "analysis.json").is_file()
 
 
 def test_demo_report_content(demo: tuple[Path, str]) -> None:
@@ -62,3 +64,42 @@ def test_demo_refuses_a_foreign_folder(tmp_path: Path, capsys: pytest.CaptureFix
     assert cli_main(["demo", "--fast", "--out", str(tmp_path)]) == 2
     assert "pick a new or empty folder" in capsys.readouterr().err
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_demo_report_shows_activation_distributions(demo: tuple[Path, str]) -> None:
+    """Natural vs adversarial activation distributions for each of the three models at two or
+    more layers: the study's figures are embedded byte for byte and its summary table holds a
+    row per model, layer, input kind and statistic, equal to the CSV the study wrote."""
+    import base64
+
+    import pandas as pd
+
+    out, _ = demo
+    folder = out / "analysis" / "distributions"
+    doc = json.loads((folder / "analysis.json").read_text())
+    assert doc["study"] == "distributions"
+    models = ("standard", "pgd-at", "at-cas")
+    layers = doc["params"]["layers"]
+    assert set(layers) == set(models)
+    assert all(len(layers[m]) >= 2 for m in models)
+    html = (out / "report.html").read_text()
+    start = html.index('id="analysis-distributions"')
+    block = html[start : html.index("</section>", start)]
+    figures = {f["name"]: f for f in doc["files"]["figures"]}
+    assert {"ecdf", "violin"} <= set(figures)
+    for name in ("ecdf", "violin"):
+        png = base64.b64encode((folder / figures[name]["png"]).read_bytes()).decode()
+        assert png in block, f"{name} plot not embedded in the distributions section"
+        assert figures[name]["caption"] in block
+    for m in models:
+        assert f"<strong>{m}</strong>: {', '.join(layers[m])}" in block
+    (summary,) = tables(block, "table-distribution_summary")
+    csv = pd.read_csv(folder / "distribution_summary.csv")
+    assert summary[1] == list(csv.columns)
+    shown = {tuple(r[:4]) for r in summary[2:]}
+    for m in models:
+        for layer in layers[m]:
+            for kind in ("natural", "adversarial"):
+                for stat in ("activation", "channel_mean"):
+                    assert (m, layer, kind, stat) in shown
+    assert [r[6] for r in summary[2:]] == [f"{v:.4g}" for v in csv["mean"]]

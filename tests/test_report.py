@@ -342,13 +342,16 @@ def test_monte_carlo_numbers_equal_the_summary(scored_runs: dict[str, Path], sco
     assert s["clean_accuracy_all_draws"] < s["clean_accuracy"] and s["clean_mc_std_error"] > 0
     html = section(scored_report, "run-mc")
     head = s["worst_case"][-1]
-    assert text_of(html).count(
-        f"clean accuracy {pct(s['clean_accuracy'])}% (mean over 10 draws, s.e. "
-        f"{pct(s['clean_mc_std_error'])}; correct on all draws {pct(s['clean_accuracy_all_draws'])}%)"
-        f" · worst-case robust accuracy {pct(head['robust_accuracy'])}% (s.e. "
-        f"{pct(head['mc_std_error'])}; correct on all draws "
-        f"{pct(head['robust_accuracy_all_draws'])}%) at eps 8/255"
-    ) == 1
+    assert (
+        text_of(html).count(
+            f"clean accuracy {pct(s['clean_accuracy'])}% (mean over 10 draws, s.e. "
+            f"{pct(s['clean_mc_std_error'])}; correct on all draws {pct(s['clean_accuracy_all_draws'])}%)"
+            f" · worst-case robust accuracy {pct(head['robust_accuracy'])}% (s.e. "
+            f"{pct(head['mc_std_error'])}; correct on all draws "
+            f"{pct(head['robust_accuracy_all_draws'])}%) at eps 8/255"
+        )
+        == 1
+    )
     (worst,) = tables(html, "worst-table")
     assert worst[1:] == [
         [
@@ -467,10 +470,12 @@ def test_adaptive_left_out_and_autoattack_details(
     # AutoAttack's record of what ran (with its EOT iterations) is in the details table
     mc = _summary(scored_runs["mc"])
     aa = next(r for r in mc["results"] if r["attack"].startswith("autoattack"))
-    (details,) = tables(section(scored_report, "run-mc"), "details-table")
-    row = next(r for r in details[1:] if r[0] == aa["attack"])
-    assert f"ran: {', '.join(aa['details']['ran'])}" in row[-1]
-    assert ", ".join(f"{k} {v}" for k, v in aa["details"]["eot_iter"].items()) in row[-1]
+    records = text_of(section(scored_report, "run-mc").split('class="attack-records"')[1])
+    line = records.split(f"{aa['attack']} @ {aa['eps']}: ")[1].split(" @ ")[0]
+    assert f"ran: {', '.join(aa['details']['ran'])}" in line
+    assert (
+        "eot_iter: " + ", ".join(f"{k} {v}" for k, v in aa["details"]["eot_iter"].items()) in line
+    )
 
 
 def test_per_class_fallback_uses_monte_carlo_scores(
@@ -553,8 +558,7 @@ def test_distributions_analysis_is_registered_and_rendered(tmp_path: Path) -> No
     data = (split.float_batch(slice(None)), split.y)
     torch.manual_seed(0)
     models = {
-        name: build_model("smallcnn", num_classes=10, in_channels=1, width=4)
-        for name in ("a", "b")
+        name: build_model("smallcnn", num_classes=10, in_channels=1, width=4) for name in ("a", "b")
     }
     with one_thread():
         res = analyze(
@@ -604,9 +608,7 @@ def test_distributions_analysis_is_registered_and_rendered(tmp_path: Path) -> No
         ({"threshold": 0.1}, "has no option 'threshold'"),
     ],
 )
-def test_distributions_options_are_checked(
-    tmp_path: Path, options: dict, message: str
-) -> None:
+def test_distributions_options_are_checked(tmp_path: Path, options: dict, message: str) -> None:
     from evalkit.analyses import analyze
     from evalkit.models import build_model
 

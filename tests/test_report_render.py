@@ -1,9 +1,11 @@
 """The report renders: headless Chromium opens the HTML without console errors and paints a
-non-blank page; WeasyPrint's PDF renders page by page with pdftoppm. Skipped, with the reason,
+non-blank page; WeasyPrint's PDF renders page by page with pdftoppm. The runs include a
+schema-2 Monte-Carlo run and two schema-1 fixtures. Skipped, with the reason,
 where Chromium, pdftoppm or WeasyPrint are absent (CI installs Debian's chromium and poppler-utils)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,11 +17,51 @@ from test_report_fixtures import (
     make_analysis_dir,
     make_run_dir,
     make_summary,
+    one_thread,
     png_variance,
     run_chromium,
 )
 
 from reports import build_report
+
+
+def monte_carlo_run(out: Path) -> Path:
+    """A schema-2 run directory from ``evalkit.evaluate``: a randomized model (logit noise),
+    scored by Monte Carlo, with the scoring, worst-case, broken-by and cost blocks filled."""
+    import torch
+
+    from evalkit.data import load_split
+    from evalkit.evaluation import evaluate
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+
+    class Noisy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            logits = self.net(x)
+            return logits + 0.1 * torch.randn_like(logits)
+
+    split = load_split("fashion-mnist-mini", "test").first(16)
+    with one_thread():
+        evaluate(
+            Noisy(),
+            (split.float_batch(slice(None)), split.y),
+            preset="fast",
+            attacks=["fgsm", "pgd"],
+            mc_draws=4,
+            eot=2,
+            out=out,
+            device="cpu",
+            progress=False,
+            echo=False,
+        )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scoring"]["semantics"] == "monte-carlo"
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +71,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs = [
         make_run_dir(root / "a", make_summary(flags=[flag])),
         make_run_dir(root / "b", make_summary(name="at", clean=0.7, pgd=0.5)),
+        monte_carlo_run(root / "mc"),
     ]
     analysis = make_analysis_dir(root / "analysis")
     pdf = None
@@ -66,5 +109,5 @@ def test_pdf_pages_render_with_pdftoppm(report: dict[str, Path], tmp_path: Path)
         timeout=120,
     )
     pages = sorted(tmp_path.glob("page-*.png"))
-    assert len(pages) >= 2  # leaderboard + two runs + analysis do not fit on one A4 page
+    assert len(pages) >= 3  # leaderboard + three runs + analysis do not fit on one A4 page
     assert png_variance(pages[0]) > 1e-3, "the first PDF page is blank"

@@ -201,6 +201,7 @@ class _RunResult:
     broken: torch.Tensor  # (n,) bool
     x: torch.Tensor  # (n, ...) the misclassifying iterate if broken, else the best-loss one
     loss: torch.Tensor  # (n,)
+    steps: torch.Tensor  # (n,) long: iterations the point was attacked (forward+backward each)
 
 
 def _run(
@@ -215,12 +216,15 @@ def _run(
     rho: float,
     early_stop: bool,
     eot_iter: int,
+    plateau_tol: float | None = None,
+    plateau_span: int = 2,
 ) -> _RunResult:
     """One APGD run (Algorithm 1) from ``x0 + delta0`` on the points given."""
     n = x0.shape[0]
     out_x = x0.clone()
     out_loss = torch.full((n,), float("-inf"), device=x0.device, dtype=x0.dtype)
     broken = torch.zeros(n, dtype=torch.bool, device=x0.device)
+    steps = torch.zeros(n, dtype=torch.long, device=x0.device)
     lo, hi = ball.bounds(x0)
     xc = ball.project(x0 + delta0, x0, lo, hi)
     logits, f, g = _evaluate(model, xc, y, target, loss_fn, eot_iter, need_grad=n_iter > 0)
@@ -243,6 +247,8 @@ def _run(
         "cnt": torch.zeros(n, dtype=torch.long, device=x0.device),  # increases this window
         "fm_last": f,  # f_max at the previous checkpoint
         "red_last": torch.zeros(n, dtype=torch.bool, device=x0.device),  # halved there
+        "f0": f,  # f at the start
+        "fm_w2": f,  # f_max two checkpoints back
     }
     if target is not None:
         s["t"] = target
@@ -270,6 +276,8 @@ def _run(
     for k in range(n_iter):
         if s["pos"].numel() == 0:
             break
+        steps[s["pos"]] += 1
+        stop = None
         xc, xp, b = s["xc"], s["xp"], (s["x0"], s["lo"], s["hi"])
         eta = _bview(s["eta"], xc)
         z = ball.project(xc + eta * ball.direction(s["g"]), *b)
@@ -296,6 +304,15 @@ def _run(
             cond1 = s["cnt"].to(x_new.dtype) < rho * (k - w_prev)
             cond2 = ~s["red_last"] & (s["fm"] == s["fm_last"])
             halve = cond1 | cond2
+            if plateau_tol is not None:
+                ref = s["fm_w2"] if plateau_span == 2 else s["fm_last"]
+                stop = (
+                    halve
+                    & s["red_last"]
+                    & ~mis
+                    & (s["fm"] - ref <= plateau_tol * (s["fm"] - s["f0"]))
+                )
+            s["fm_w2"] = s["fm_last"]
             if bool(halve.any()):
                 hv = _bview(halve, x_new)
                 s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
@@ -311,15 +328,21 @@ def _run(
         s["xp"], s["xc"], s["f"] = xc, x_new, f_new
         if g_new is not None:
             s["g"] = g_new
-        if early_stop and bool(mis.any()):
-            compact(~mis)
+        drop = mis if early_stop else torch.zeros_like(mis)
+        if stop is not None and bool(stop.any()):
+            new = stop & ~broken[s["pos"]]
+            out_x[s["pos"][new]] = s["xm"][new]
+            out_loss[s["pos"][new]] = s["fm"][new]
+            drop = drop | stop
+        if bool(drop.any()):
+            compact(~drop)
 
     # points never misclassified: their best-loss iterate
     pos = s["pos"]
     keep = ~broken[pos]
     out_x[pos[keep]] = s["xm"][keep]
     out_loss[pos[keep]] = s["fm"][keep]
-    return _RunResult(broken=broken, x=out_x, loss=out_loss)
+    return _RunResult(broken=broken, x=out_x, loss=out_loss, steps=steps)
 
 
 def _check_args(

@@ -26,7 +26,7 @@ from evalkit.commands.common import (
 )
 from evalkit.errors import EvalkitError
 
-BUILTIN = ("channels", "importance", "pooling", "sap-eot")
+BUILTIN = ("channels", "importance", "pooling", "sap-eot", "distributions")
 LABELLED = re.compile(r"^[A-Za-z0-9_.-]+=(?!=)")  # --ckpt LABEL=PATH
 
 DESCRIPTION = """Reproduce the analyses behind the seed papers on your checkpoints.

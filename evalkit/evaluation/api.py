@@ -41,6 +41,8 @@ from evalkit.evaluation.budget import Budget, check_norm, check_positive_int, pa
 from evalkit.evaluation.engine import Settings, n_batches, run_protocol
 from evalkit.evaluation.estimate import estimate, probe_rate
 from evalkit.evaluation.inputs import (
+    DataInput,
+    ModelInput,
     check_match,
     check_shape,
     count_classes,
@@ -51,6 +53,7 @@ from evalkit.evaluation.inputs import (
 from evalkit.evaluation.protocol import (
     AttackPlan,
     ModelTraits,
+    Preset,
     adapt_plans,
     get_preset,
     select_attacks,
@@ -266,166 +269,190 @@ def evaluate(
     2018) for randomized defenses (EOT).
     """
     t_start = time.perf_counter()
-    batch_size = check_positive_int("batch_size", batch_size)
-    mc_draws = check_positive_int("mc_draws", mc_draws)
-    seed = check_positive_int("seed", seed, minimum=0)
-    if n is not None:
-        n = check_positive_int("n", n)
-    if eot is not None:
-        eot = check_positive_int("eot", eot)
+    chosen = get_preset(preset)
+    names = _as_list(attacks)
+    norm = check_norm(norm, chosen.norm)
     if loss is not None and loss not in LOSSES:
         raise EvalkitError(f"loss must be ce, cw or dlr, not {loss!r}")
     if resume and out is None:
         raise EvalkitError("resume needs out= (the run directory to continue)")
-    chosen = get_preset(preset)
-    norm = check_norm(norm, chosen.norm)
-    names = _as_list(attacks)
-    plans = select_attacks(chosen, names, norm)
-    norm_pair = _parse_normalize(normalize)
-
+    req = Request(
+        eps=eps,
+        norm=norm,
+        preset=chosen,
+        plans=select_attacks(chosen, names, norm),
+        explicit=bool(names),
+        n=None if n is None else check_positive_int("n", n),
+        settings=Settings(
+            batch_size=check_positive_int("batch_size", batch_size),
+            seed=check_positive_int("seed", seed, minimum=0),
+            compaction=compaction,
+            progress=progress,
+        ),
+        mc_draws=check_positive_int("mc_draws", mc_draws),
+        eot=None if eot is None else check_positive_int("eot", eot),
+        loss=loss,
+        sanity=sanity,
+        out=Path(out) if out is not None else None,
+        resume=resume,
+        echo=echo,
+        load=dict(
+            weights=weights,
+            arch=arch,
+            dataset=dataset,
+            normalize=_parse_normalize(normalize),
+            force_normalize=force_normalize,
+            defense=defense,
+            params=params,
+        ),
+        data_opts=dict(data_root=data_root, download=download),
+        adapt_for=_check_adapt_for(adapt_for),
+        t_start=t_start,
+    )
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     info = D.setup(dev)
     try:
-        return _evaluate(
-            model=model,
-            data=data,
-            eps=eps,
-            norm=norm,
-            preset=chosen,
-            plans=plans,
-            explicit=bool(names),
-            n=n,
-            settings=dict(
-                batch_size=batch_size,
-                seed=seed,
-                compaction=compaction,
-                progress=progress,
-            ),
-            mc_draws=mc_draws,
-            eot=eot,
-            loss=loss,
-            sanity=sanity,
-            out=Path(out) if out is not None else None,
-            resume=resume,
-            echo=echo,
-            load=dict(
-                weights=weights,
-                arch=arch,
-                dataset=dataset,
-                normalize=norm_pair,
-                force_normalize=force_normalize,
-                defense=defense,
-                params=params,
-            ),
-            data_opts=dict(data_root=data_root, download=download),
-            adapt_for=_check_adapt_for(adapt_for),
-            device=D.device_for(dev, info),
-            info=info,
-            t_start=t_start,
-        )
+        return _run(model, data, req, D.device_for(dev, info), info)
     finally:
         D.teardown(info)
 
 
-def _evaluate(
-    *,
-    model,
-    data,
-    eps,
-    norm,
-    preset,
-    plans,
-    explicit,
-    n,
-    settings,
-    mc_draws,
-    eot,
-    loss,
-    sanity,
-    out,
-    resume,
-    echo,
-    load,
-    data_opts,
-    adapt_for,
-    device,
-    info,
-    t_start,
-) -> EvalResult:
-    def say(text: str) -> None:
-        if echo and info.is_main:
-            print(text, flush=True)
+@dataclass(frozen=True)
+class Request:
+    """The validated options of one :func:`evaluate` call (nothing loaded yet)."""
 
-    m = resolve_model(model, device=device, **load)
-    d = resolve_data(data, dataset=load["dataset"] or m.dataset, n=n, **data_opts)
+    eps: Any
+    norm: str
+    preset: Preset
+    plans: list[AttackPlan]
+    explicit: bool
+    n: int | None
+    settings: Settings
+    mc_draws: int
+    eot: int | None
+    loss: str | None
+    sanity: bool
+    out: Path | None
+    resume: bool
+    echo: bool
+    load: dict[str, Any]
+    data_opts: dict[str, Any]
+    adapt_for: dict[str, bool]
+    t_start: float
+
+
+@dataclass
+class Prepared:
+    """Everything known once the model and data are loaded: what will run, on what."""
+
+    model: ModelInput
+    data: DataInput
+    budgets: list[Budget]
+    traits: ModelTraits
+    plans: list[AttackPlan]
+    adaptive: list[dict[str, Any]]
+    settings: Settings
+    fingerprints: dict[str, Any]
+    probe_x: torch.Tensor
+
+    def config(self, req: Request) -> dict[str, Any]:
+        """config.json: the settings and content hashes a resume must match."""
+        return {
+            **self.fingerprints,
+            "model": self.model.description,
+            "data": self.data.source,
+            "n": len(self.data.examples),
+            "batch_size": self.settings.batch_size,
+            "eps": [b.label for b in self.budgets],
+            "norm": req.norm,
+            "seed": self.settings.seed,
+            "preset": req.preset.name,
+            "plans": [p.describe() for p in self.plans],
+            "compaction": self.settings.compaction,
+            "mc_draws": self.settings.draws,
+            "sanity": req.sanity,
+            "evalkit_version": __version__,
+            "torch_version": torch.__version__,
+        }
+
+
+def _prepare(model: Any, data: Any, req: Request, device: torch.device) -> Prepared:
+    """Load/adopt model and data, check they fit, learn traits, make the plans adaptive."""
+    m = resolve_model(model, device=device, **req.load)
+    d = resolve_data(data, dataset=req.load["dataset"] or m.dataset, n=req.n, **req.data_opts)
     check_shape(m, d)
-    probe_x, _ = d.examples.fetch(torch.arange(min(16, len(d.examples))))
-    probe_x = probe_x.to(device)
+    probe_x = d.examples.fetch(torch.arange(min(16, len(d.examples))))[0].to(device)
     num_classes = count_classes(m.model, probe_x)
     if m.num_classes is not None and int(m.num_classes) != num_classes:
         raise EvalkitError(
             f"the model returns {num_classes} logits but its metadata says {m.num_classes} classes"
         )
     check_match(m, d, num_classes)
-    budgets = parse_budgets(eps, norm, preset_eps=preset.eps, input_shape=d.shape)
-    params = {**m.defense_params, **(load["params"] or {})}
-    traits = _traits(m.model, probe_x, num_classes, params, settings["seed"])
-    if adapt_for:
-        traits = replace(traits, **{k: getattr(traits, k) or v for k, v in adapt_for.items()})
-    draws = mc_draws if traits.random else 1
-    plans, adaptive = adapt_plans(plans, traits, eot=eot, loss=loss, explicit=explicit)
-    cfg = Settings(draws=draws, **settings)
-    prints = fingerprints(m, d)
+    budgets = parse_budgets(req.eps, req.norm, preset_eps=req.preset.eps, input_shape=d.shape)
+    params = {**m.defense_params, **(req.load["params"] or {})}
+    traits = _traits(m.model, probe_x, num_classes, params, req.settings.seed)
+    if req.adapt_for:
+        traits = replace(traits, **{k: getattr(traits, k) or v for k, v in req.adapt_for.items()})
+    plans, adaptive = adapt_plans(
+        req.plans, traits, eot=req.eot, loss=req.loss, explicit=req.explicit
+    )
+    settings = replace(req.settings, draws=req.mc_draws if traits.random else 1)
+    return Prepared(m, d, budgets, traits, plans, adaptive, settings, fingerprints(m, d), probe_x)
 
-    n_points = len(d.examples)
-    config = {
-        **prints,
-        "model": m.description,
-        "data": d.source,
-        "n": n_points,
-        "batch_size": cfg.batch_size,
-        "eps": [b.label for b in budgets],
-        "norm": norm,
-        "seed": cfg.seed,
-        "preset": preset.name,
-        "plans": [p.describe() for p in plans],
-        "compaction": cfg.compaction,
-        "mc_draws": draws,
-        "sanity": sanity,
-        "evalkit_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    if out is not None:
-        err = None
-        if info.is_main:
-            try:
-                prepare_run_dir(out, config, resume=resume, is_writer=True)
-            except EvalkitError as exc:
-                err = str(exc)
-        err = D.broadcast_object(err, info)
-        if err:
-            raise EvalkitError(err)
-    say(_protocol_text(preset.name, plans, budgets, n_points, cfg.compaction, draws))
-    for a in adaptive:
+
+def _announce(p: Prepared, req: Request, say: Any) -> None:
+    """Print the protocol, the adaptive changes and the planned cost before running."""
+    n = len(p.data.examples)
+    say(
+        _protocol_text(
+            req.preset.name, p.plans, p.budgets, n, p.settings.compaction, p.settings.draws
+        )
+    )
+    for a in p.adaptive:
         ran = ", ".join(a["attacks"]) or "none"
         extra = f"; left out: {', '.join(a['left_out'])}" if a.get("left_out") else ""
         say(f"  adaptive: {a['name']} ({a['reason']}) -> {ran}{extra}")
-    with attack_mode(m.model):
-        rate = probe_rate(m.model, probe_x[:8])
-    say("  " + estimate(plans, budgets, n_points, draws, rate).line())
+    with attack_mode(p.model.model):
+        rate = probe_rate(p.model.model, p.probe_x[:8])
+    say("  " + estimate(p.plans, p.budgets, n, p.settings.draws, rate).line())
 
-    log = RecordLog(out, info.rank)
-    owned = [b for b in range(n_batches(n_points, cfg.batch_size)) if info.owns(b)]
-    counter = CostCounter(m.model)
+
+def _open_run_dir(p: Prepared, req: Request, info: D.DistInfo) -> None:
+    if req.out is None:
+        return
+    err = None
+    if info.is_main:
+        try:
+            prepare_run_dir(req.out, p.config(req), resume=req.resume, is_writer=True)
+        except EvalkitError as exc:
+            err = str(exc)
+    err = D.broadcast_object(err, info)
+    if err:
+        raise EvalkitError(err)
+
+
+def _run(model: Any, data: Any, req: Request, device: torch.device, info: D.DistInfo):
+    def say(text: str) -> None:
+        if req.echo and info.is_main:
+            print(text, flush=True)
+
+    p = _prepare(model, data, req, device)
+    _open_run_dir(p, req, info)
+    _announce(p, req, say)
+    log = RecordLog(req.out, info.rank)
+    n = len(p.data.examples)
+    owned = [b for b in range(n_batches(n, p.settings.batch_size)) if info.owns(b)]
+    counter = CostCounter(p.model.model)
+    summary, df = None, pd.DataFrame()
     try:
-        with attack_mode(m.model):
+        with attack_mode(p.model.model):
             run_protocol(
-                m.model,
-                d.examples,
-                plans,
-                budgets,
-                traits=traits,
-                settings=cfg,
+                p.model.model,
+                p.data.examples,
+                p.plans,
+                p.budgets,
+                traits=p.traits,
+                settings=p.settings,
                 device=device,
                 counter=counter,
                 records=log.records,
@@ -433,107 +460,38 @@ def _evaluate(
                 batches=owned,
             )
         records = D.gather_records(dict(log.records), info)
-        summary = None
         if info.is_main:
-            summary, df = _finish(
-                m,
-                d,
-                records,
-                plans,
-                budgets,
-                traits,
-                adaptive,
-                preset,
-                cfg,
-                sanity,
-                num_classes,
-                device,
-                info,
-                counter,
-                log,
-                prints,
-                t_start,
-            )
+            summary, df = _finish(p, req, records, counter, log.add, device, info)
     finally:
         log.close()
         counter.close()
     summary = D.broadcast_object(summary, info)
-    if not info.is_main:
-        df = pd.DataFrame()
-    if out is not None and info.is_main:
+    if req.out is not None and info.is_main:
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
-        atomic_write_bytes(out / "examples.parquet", buf.getvalue())
-        atomic_write_json(out / "summary.json", summary)
+        atomic_write_bytes(req.out / "examples.parquet", buf.getvalue())
+        atomic_write_json(req.out / "summary.json", summary)
     say(format_table(summary))
-    if out is not None:
-        say(f"run directory: {out}")
-    return EvalResult(summary, df, out, prints)
+    if req.out is not None:
+        say(f"run directory: {req.out}")
+    return EvalResult(summary, df, req.out, p.fingerprints)
 
 
-def _finish(
-    m,
-    d,
-    records,
-    plans,
-    budgets,
-    traits,
-    adaptive,
-    preset,
-    cfg,
-    sanity,
-    num_classes,
-    device,
-    info,
-    counter,
-    log,
-    prints,
-    t_start,
-):
-    names = m.class_names
-    df = per_example_table(records, plans, budgets, cfg.compaction, names)
-    numbers = summarize(df, records, plans, budgets, cfg.compaction, num_classes, names, cfg.draws)
-    flags = S.randomness_flags(traits, cfg.draws)
-    probes: list[AttackPlan] = []
-    sanity_cost: dict[str, Any] = {"propagations": 0, "share_of_protocol": 0.0, "skipped": True}
-    if sanity:
-        numbers["compaction"] = cfg.compaction
-        with attack_mode(m.model):
-            more, probes, sanity_cost = S.run_checks(
-                m.model,
-                d.examples.fetch,
-                df,
-                numbers,
-                plans,
-                budgets,
-                traits,
-                seed=cfg.seed,
-                draws=cfg.draws,
-                device=device,
-                counter=counter,
-                records=records,
-                record=log.add,
-            )
-        flags += more
-        if probes:
-            all_plans = [*plans, *probes]
-            df = per_example_table(records, all_plans, budgets, cfg.compaction, names)
-            numbers = summarize(
-                df, records, all_plans, budgets, cfg.compaction, num_classes, names, cfg.draws
-            )
-    numbers["compaction"] = cfg.compaction
-    flags = S.check_ball_violations(numbers) + S.nonfinite_flags(numbers) + flags
-    if m.unfinished:
+def _flags(p: Prepared, numbers: dict[str, Any], checks: list[dict]) -> list[dict[str, Any]]:
+    """Every flag of the run, most important first."""
+    flags = S.check_ball_violations(numbers) + S.nonfinite_flags(numbers)
+    flags += S.randomness_flags(p.traits, p.settings.draws) + checks
+    if p.model.unfinished:
         flags.insert(
             0,
             S.flag(
                 "unfinished_training",
                 "warning",
-                f"unfinished training run: the checkpoint is at {m.unfinished}; its numbers "
+                f"unfinished training run: the checkpoint is at {p.model.unfinished}; its numbers "
                 "describe a model still in training",
             ),
         )
-    for a in adaptive:
+    for a in p.adaptive:
         if a.get("left_out"):
             flags.append(
                 S.flag(
@@ -543,28 +501,72 @@ def _finish(
                     "attack list left it out: the robust accuracy may be overstated",
                 )
             )
+    return flags
+
+
+def _finish(
+    p: Prepared,
+    req: Request,
+    records: dict[str, dict[str, Any]],
+    counter: CostCounter,
+    record: Any,
+    device: torch.device,
+    info: D.DistInfo,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Checks (their probe records join ``records``), then the summary and examples table."""
+    cfg, names, k = p.settings, p.model.class_names, p.traits.num_classes
+
+    def tables(plans: list[AttackPlan]) -> tuple[pd.DataFrame, dict[str, Any]]:
+        df = per_example_table(records, plans, p.budgets, cfg.compaction, names)
+        numbers = summarize(df, records, plans, p.budgets, cfg.compaction, k, names, cfg.draws)
+        numbers["compaction"] = cfg.compaction
+        return df, numbers
+
+    df, numbers = tables(p.plans)
+    checks: list[dict[str, Any]] = []
+    probes: list[AttackPlan] = []
+    sanity_cost: dict[str, Any] = {"propagations": 0, "share_of_protocol": 0.0, "skipped": True}
+    if req.sanity:
+        with attack_mode(p.model.model):
+            checks, probes, sanity_cost = S.run_checks(
+                p.model.model,
+                p.data.examples.fetch,
+                df,
+                numbers,
+                p.plans,
+                p.budgets,
+                p.traits,
+                seed=cfg.seed,
+                draws=cfg.draws,
+                device=device,
+                counter=counter,
+                records=records,
+                record=record,
+            )
+        if probes:
+            df, numbers = tables([*p.plans, *probes])
     numbers["cost"]["sanity"] = sanity_cost
-    numbers["cost"]["wall_time_s"] = time.perf_counter() - t_start
+    numbers["cost"]["wall_time_s"] = time.perf_counter() - req.t_start
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         **numbers,
         "seed": cfg.seed,
-        "flags": flags,
-        "adaptive": adaptive,
-        "model": m.description,
-        "fingerprints": prints,
-        "traits": asdict(traits),
-        "data": {"source": d.source, "n": len(d.examples)},
+        "flags": _flags(p, numbers, checks),
+        "adaptive": p.adaptive,
+        "model": p.model.description,
+        "fingerprints": p.fingerprints,
+        "traits": asdict(p.traits),
+        "data": {"source": p.data.source, "n": len(p.data.examples)},
         "protocol": {
-            "preset": preset.name,
-            "description": preset.description,
-            "norm": budgets[0].norm,
-            "eps": [b.label for b in budgets],
-            "attacks": [p.describe() for p in plans],
-            "probes": [p.describe() for p in probes],
+            "preset": req.preset.name,
+            "description": req.preset.description,
+            "norm": req.norm,
+            "eps": [b.label for b in p.budgets],
+            "attacks": [q.describe() for q in p.plans],
+            "probes": [q.describe() for q in probes],
             "compaction": cfg.compaction,
             "batch_size": cfg.batch_size,
-            "sanity": sanity,
+            "sanity": req.sanity,
             "mc_draws": cfg.draws,
             "robust_accuracy_meaning": (
                 "cumulative: mean robust score of all examples after this attack and every "

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from analysis.common import ModelEntry, batches, craft_adversarial, eval_mode, progress
 from analysis.hooks import capture, default_layer, get_layer, inner_block_name
+from analysis.naming import file_slug
 from evalkit.errors import EvalkitError
 
 KINDS = ("natural", "adversarial")
@@ -416,11 +417,13 @@ def run_distribution_study(
     seed: int = 0,
     device: Any = "cpu",
     show_progress: bool = True,
+    extra_params: dict[str, Any] | None = None,
 ) -> DistributionResult:
     """Run :func:`activation_distributions` on every model and write the study folder:
     tables ``distribution_summary`` and ``channel_means``, arrays ``values_<label>`` (the kept
     activation values), figures ``ecdf`` and ``violin`` and ``analysis.json`` (study
-    ``distributions``; scalars from :meth:`DistributionResult.scalars`)."""
+    ``distributions``; scalars from :meth:`DistributionResult.scalars`; ``extra_params`` are
+    added to its ``params``, e.g. the data set's name)."""
     from analysis.io import AnalysisWriter
 
     writer = AnalysisWriter(out, "distributions")
@@ -455,7 +458,7 @@ def run_distribution_study(
         lab = str(r.params["label"])
         act = r.table[r.table["stat"] == "activation"]
         writer.array(
-            f"values_{_slug(lab)}",
+            f"values_{file_slug(lab)}",
             "kept activation values, key <kind>__<layer> (a subsample)",
             **{
                 f"{kind}__{layer}": g["value"].to_numpy()
@@ -494,6 +497,7 @@ def run_distribution_study(
                 }
                 for r in results
             },
+            **(extra_params or {}),
         },
         scalars=scalars,
         finding=_finding_line(scalars),
@@ -523,10 +527,6 @@ def _layer_list(layers: list[str] | str | None) -> list[str]:
     if isinstance(layers, str):
         return [p.strip() for p in layers.split(",") if p.strip()]
     return list(layers)
-
-
-def _slug(label: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
 
 
 __all__ = [

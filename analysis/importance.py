@@ -27,6 +27,8 @@ from analysis.common import (
     progress,
 )
 from analysis.io import AnalysisWriter
+from analysis.naming import file_slug
+from analysis.options import pgd_options, run_options
 from evalkit.analyses import AnalysisInputs, register_analysis, single_eps
 from evalkit.errors import EvalkitError
 
@@ -142,7 +144,7 @@ def run_importance_study(
             )
             hist[f"{entry.label}:{name}"] = (mn.numpy(), ma.numpy())
             writer.array(
-                f"masks_{_slug(entry.label)}_{_slug(name)}",
+                f"masks_{file_slug(entry.label)}_{file_slug(name)}",
                 "per-example masks (N, C)",
                 natural=mn.numpy(),
                 adversarial=ma.numpy(),
@@ -151,7 +153,7 @@ def run_importance_study(
         scalars[entry.label] = s
         writer.figure(
             plots.importance_hist(hist, {k: v[0].shape[1] for k, v in hist.items()}),
-            f"importance_hist_{_slug(entry.label)}",
+            f"importance_hist_{file_slug(entry.label)}",
             f"{entry.label}: distribution of CIFS mask values, natural vs adversarial",
         )
     df = pd.concat(rows, ignore_index=True)
@@ -184,10 +186,6 @@ def run_importance_study(
     return scalars
 
 
-def _slug(label: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
-
-
 @register_analysis(
     "importance", description="CIFS channel-importance masks, natural vs PGD (CIFS checkpoints)"
 )
@@ -199,21 +197,12 @@ def importance(
 ) -> dict[str, Any]:
     """CIFS mask concentration and shift under PGD-``steps`` (step default 0.003, the CAS
     analysis recipe); returns the per-model scalars."""
-    from evalkit.utils.parse import parse_eps
-
-    if steps < 1:
-        raise EvalkitError(f"steps must be positive (got {steps})")
     return run_importance_study(
         inputs.models,
         inputs.x,
         inputs.y,
         inputs.out,
         eps=single_eps(inputs.eps),
-        steps=steps,
-        step_size=PAPER_STEP_SIZE if step_size is None else parse_eps(step_size),
-        batch_size=inputs.batch_size,
-        seed=inputs.seed,
-        device=inputs.device,
-        show_progress=inputs.progress,
-        extra_params={"data": inputs.data_label},
+        **pgd_options(steps, step_size, PAPER_STEP_SIZE),
+        **run_options(inputs),
     )

@@ -25,6 +25,8 @@ import torch.nn as nn
 
 from analysis.common import ModelEntry, batches, craft_adversarial, eval_mode, predict, progress
 from analysis.io import AnalysisWriter
+from analysis.naming import file_slug
+from analysis.options import pgd_options, run_options
 from evalkit.analyses import AnalysisInputs, register_analysis, single_eps
 from evalkit.errors import EvalkitError
 
@@ -190,7 +192,7 @@ def run_pooling_eval(
     ]
     for label, arrays in points.items():
         writer.array(
-            f"points_{_slug(label)}",
+            f"points_{file_slug(label)}",
             "per test example: index, clean and robust correctness (0/1), relative "
             "pooled-feature change",
             **arrays,
@@ -243,28 +245,15 @@ def pooling(
     """Map size, pooling type, clean/PGD-``steps`` accuracy (step eps/4 by default) and the
     pooled-feature change of each model; models that differ in strides/upsample/pool are
     trained by the pipelines (:func:`evalkit.pipelines.pooling.train_pooling_grid`)."""
-    from evalkit.utils.parse import parse_eps
-
-    if steps < 1:
-        raise EvalkitError(f"steps must be positive (got {steps})")
     return run_pooling_eval(
         inputs.models,
         inputs.x,
         inputs.y,
         inputs.out,
         eps=single_eps(inputs.eps),
-        steps=steps,
-        step_size=None if step_size is None else parse_eps(step_size),
-        batch_size=inputs.batch_size,
-        seed=inputs.seed,
-        device=inputs.device,
-        show_progress=inputs.progress,
-        extra_params={"data": inputs.data_label},
+        **pgd_options(steps, step_size, None),
+        **run_options(inputs),
     )
-
-
-def _slug(label: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
 
 
 __all__ = [

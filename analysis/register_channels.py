@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from analysis.common import PAPER_STEP_SIZE, PAPER_STEPS
+from analysis.options import pgd_options, run_options
 from evalkit.analyses import AnalysisInputs, register_analysis, single_eps
 from evalkit.errors import EvalkitError
 
@@ -32,12 +33,9 @@ def channels(
     ``sort`` and ``magnitude`` choose the plots (see ``evalkit analyze --help``); further
     options go to :func:`analysis.channels.run_channel_study`. Returns its per-model scalars."""
     from analysis.channels import run_channel_study
-    from evalkit.utils.parse import parse_eps
 
     if not 0 <= threshold < 1:
         raise EvalkitError(f"threshold must be in [0, 1) (the paper uses 0.01), not {threshold}")
-    if steps < 1:
-        raise EvalkitError(f"steps must be positive (got {steps})")
     return run_channel_study(
         inputs.models,
         inputs.x,
@@ -49,12 +47,7 @@ def channels(
         threshold=threshold,
         sort=sort,
         magnitude=magnitude,
-        steps=steps,
-        step_size=PAPER_STEP_SIZE if step_size is None else parse_eps(step_size),
-        batch_size=inputs.batch_size,
-        seed=inputs.seed,
-        device=inputs.device,
-        show_progress=inputs.progress,
-        extra_params={"data": inputs.data_label},
+        **pgd_options(steps, step_size, PAPER_STEP_SIZE),
+        **run_options(inputs),
         **options,
     )

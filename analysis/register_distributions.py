@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from analysis.options import pgd_options, run_options
 from evalkit.analyses import AnalysisInputs, register_analysis, single_eps
 from evalkit.errors import EvalkitError
 
@@ -64,10 +65,7 @@ def distributions(
             layer, or layers given twice.
     """
     from analysis.distributions import run_distribution_study
-    from evalkit.utils.parse import parse_eps
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise EvalkitError(f"steps must be a positive integer (got {steps!r})")
     if isinstance(max_values, bool) or not isinstance(max_values, int) or max_values < 1:
         raise EvalkitError(f"max_values must be a positive integer (got {max_values!r})")
     return run_distribution_study(
@@ -77,11 +75,7 @@ def distributions(
         inputs.out,
         eps=single_eps(inputs.eps),
         layers=_layer_names(layer, layers),
-        steps=steps,
-        step_size=None if step_size is None else parse_eps(step_size),
+        **pgd_options(steps, step_size, None),
         max_values=max_values,
-        batch_size=inputs.batch_size,
-        seed=inputs.seed,
-        device=inputs.device,
-        show_progress=inputs.progress,
+        **run_options(inputs),
     )

@@ -30,6 +30,7 @@ from analysis.common import (
     unique_labels,
 )
 from analysis.io import AnalysisWriter
+from analysis.options import pgd_options, run_options
 from evalkit.analyses import AnalysisInputs, eps_list, register_analysis
 from evalkit.attacks.eot import eot_loss
 from evalkit.defenses.context import is_stochastic
@@ -289,8 +290,6 @@ def sap_eot(
     """Each checkpoint dense and with SAP added at load, under PGD-``steps`` (step eps/4 by
     default) with each EOT count, at each eps (default ``2/255,4/255,8/255``). Needs checkpoint
     paths (the SAP version is loaded from them). Returns the ``analysis.json`` path."""
-    from evalkit.utils.parse import parse_eps
-
     if isinstance(eot, str):
         try:
             eot = [int(t) for t in eot.split(",") if t.strip()]
@@ -301,8 +300,9 @@ def sap_eot(
     eots = [int(e) for e in eot]
     if not eots or min(eots) < 1:
         raise EvalkitError("eot needs positive integers, e.g. 1,2,5,10,20")
-    if steps < 1 or eval_samples < 1:
-        raise EvalkitError("steps and eval_samples must be positive")
+    attack = pgd_options(steps, step_size, None)
+    if eval_samples < 1:
+        raise EvalkitError(f"eval_samples must be positive (got {eval_samples})")
     if inputs.model_options.get("defense"):
         raise EvalkitError("sap-eot loads each checkpoint dense and with SAP itself; drop defense")
     pairs = []
@@ -316,13 +316,8 @@ def sap_eot(
         inputs.out,
         eps_list=eps_list(inputs.eps, "2/255,4/255,8/255"),
         eot=eots,
-        steps=steps,
-        step_size=None if step_size is None else parse_eps(step_size),
+        **attack,
         eval_samples=eval_samples,
-        batch_size=inputs.batch_size,
-        seed=inputs.seed,
-        device=inputs.device,
-        show_progress=inputs.progress,
         labels=[e.label for e in inputs.models],
-        extra_params={"data": inputs.data_label},
+        **run_options(inputs),
     )

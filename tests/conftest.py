@@ -1,11 +1,23 @@
-"""Shared pytest fixtures. Helpers add theirs with a per-area prefix (``atk_`` = attacks)."""
+"""Shared pytest fixtures. Helpers add theirs with a per-area prefix (``atk_`` = attacks).
+Plain helper functions shared by several test files are in ``helpers.py``."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import one_thread as _one_thread
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (see :func:`helpers.one_thread`); a file applies it to all
+    its tests with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    with _one_thread():
+        yield
 
 
 def _atk_tiny_net() -> nn.Module:
@@ -25,9 +37,7 @@ def atk_model() -> nn.Module:
     a second on one core; ~70% test accuracy), in eval mode. Attack tests share it."""
     from evalkit.data import iterate_batches, load_split
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # this net is too small to gain from threads; avoids contention
-    try:
+    with _one_thread():  # this net is too small to gain from threads; avoids contention
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = _atk_tiny_net()
@@ -39,8 +49,6 @@ def atk_model() -> nn.Module:
             opt.zero_grad()
             loss.backward()
             opt.step()
-    finally:
-        torch.set_num_threads(threads)
     return model.eval()
 
 
@@ -76,9 +84,7 @@ def ev_ckpt(tmp_path_factory) -> str:
     from evalkit.models import build_model
 
     info = dataset_info("fashion-mnist-mini")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_thread():
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = build_model(
@@ -100,8 +106,6 @@ def ev_ckpt(tmp_path_factory) -> str:
             opt.zero_grad()
             loss.backward()
             opt.step()
-    finally:
-        torch.set_num_threads(threads)
     path = tmp_path_factory.mktemp("ev_ckpt") / "checkpoint.pt"
     save_checkpoint(
         path, model.eval(), dataset="fashion-mnist-mini", input_size=28, defense="standard"

@@ -7,37 +7,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn as nn
+from helpers import QUIET, one_line, one_thread, run_cli
 from torch.utils.data import DataLoader, TensorDataset
 
 import evalkit
 from evalkit.attacks.pgd import pgd
-from evalkit.cli import main
 from evalkit.data import load_split
 from evalkit.evaluation import evaluate
 
-QUIET = {"progress": False, "echo": False, "device": "cpu"}
 EPS = 8 / 255
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    capsys.readouterr()
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 2
-    return rc, capsys.readouterr().err.strip()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------- the API
@@ -182,7 +168,7 @@ def test_sap_with_an_explicit_pgd_runs_eot_pgd_only_and_names_what_it_left_out(
 ):
     out = tmp_path / "run"
     argv = ["attack", "--ckpt", ev_ckpt, "--defense", "sap", "--attacks", "pgd", "--n", "16"]
-    rc, err = _cli([*argv, "--out", str(out), "--no-progress", "--device", "cpu"], capsys)
+    rc, err = run_cli([*argv, "--out", str(out), "--no-progress", "--device", "cpu"], capsys)
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
     ran = [r for r in summary["results"] if not r["probe"]]
@@ -200,8 +186,8 @@ def test_sap_with_an_explicit_pgd_runs_eot_pgd_only_and_names_what_it_left_out(
 def test_defense_parameters_reach_the_defense(ev_ckpt, tmp_path, capsys):
     """--param k=v / params= set defense parameters (a bad value is the defense's own error)."""
     argv = ["attack", "--ckpt", ev_ckpt, "--defense", "sap", "--param", "sap_frac=0"]
-    rc, err = _cli([*argv, "--out", str(tmp_path / "r"), "--device", "cpu"], capsys)
-    assert rc == 2 and "sap_frac" in err and len(err.splitlines()) == 1, err
+    rc, err = run_cli([*argv, "--out", str(tmp_path / "r"), "--device", "cpu"], capsys)
+    assert rc == 2 and "sap_frac" in err and one_line(err), err
     from evalkit.checkpoint import load_model
 
     model, _ = load_model(ev_ckpt)
@@ -213,38 +199,44 @@ def test_defense_parameters_reach_the_defense(ev_ckpt, tmp_path, capsys):
 # ------------------------------------------------------------- budget and training
 
 
+def _train_smallcnn(tmp_path_factory: pytest.TempPathFactory, name: str, **config: Any) -> Path:
+    """``checkpoint.pt`` of a ``smallcnn`` trained on the bundled data (batch 64, seed 1, a
+    32-image validation split checked with PGD-1) on one thread, the global RNG left as it was;
+    ``config``: the other :class:`~evalkit.training.TrainConfig` fields."""
+    from evalkit.training import TrainConfig, train
+
+    with one_thread(), torch.random.fork_rng():
+        path = train(
+            TrainConfig(
+                dataset="fashion-mnist-mini",
+                arch="smallcnn",
+                val_size=32,
+                val_attack_steps=1,
+                batch_size=64,
+                out=str(tmp_path_factory.mktemp(name) / "train"),
+                device="cpu",
+                progress=False,
+                seed=1,
+                **config,
+            )
+        )
+    return Path(path)
+
+
 @pytest.fixture(scope="module")
 def at_ckpt(tmp_path_factory) -> Path:
     """A small PGD-AT smallcnn (2 epochs on 1024 bundled images, ~1 s on one core)."""
-    from evalkit.training import TrainConfig, train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng():
-            path = train(
-                TrainConfig(
-                    dataset="fashion-mnist-mini",
-                    arch="smallcnn",
-                    defense="at",
-                    arch_kwargs={"width": 8, "strides": "2222"},
-                    epochs=2,
-                    n_train=1024,
-                    val_size=32,
-                    val_attack_steps=1,
-                    attack_steps=3,
-                    batch_size=64,
-                    lr=0.05,
-                    schedule="constant",
-                    out=str(tmp_path_factory.mktemp("at") / "train"),
-                    device="cpu",
-                    progress=False,
-                    seed=1,
-                )
-            )
-    finally:
-        torch.set_num_threads(threads)
-    return Path(path)
+    return _train_smallcnn(
+        tmp_path_factory,
+        "at",
+        defense="at",
+        arch_kwargs={"width": 8, "strides": "2222"},
+        epochs=2,
+        n_train=1024,
+        attack_steps=3,
+        lr=0.05,
+        schedule="constant",
+    )
 
 
 @pytest.mark.parametrize(
@@ -297,33 +289,15 @@ def test_an_unfinished_training_run_is_flagged(at_ckpt, tmp_path):
 @pytest.fixture(scope="module")
 def cifs_ckpt(tmp_path_factory) -> Path:
     """A tiny AT+CIFS smallcnn (1 epoch on 256 bundled images)."""
-    from evalkit.training import TrainConfig, train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng():
-            path = train(
-                TrainConfig(
-                    dataset="fashion-mnist-mini",
-                    arch="smallcnn",
-                    defense="at+cifs",
-                    arch_kwargs={"width": 4},
-                    epochs=1,
-                    n_train=256,
-                    val_size=32,
-                    val_attack_steps=1,
-                    attack_steps=2,
-                    batch_size=64,
-                    out=str(tmp_path_factory.mktemp("cifs") / "train"),
-                    device="cpu",
-                    progress=False,
-                    seed=1,
-                )
-            )
-    finally:
-        torch.set_num_threads(threads)
-    return Path(path)
+    return _train_smallcnn(
+        tmp_path_factory,
+        "cifs",
+        defense="at+cifs",
+        arch_kwargs={"width": 4},
+        epochs=1,
+        n_train=256,
+        attack_steps=2,
+    )
 
 
 def test_cifs_is_attacked_through_its_mask(cifs_ckpt, tmp_path, capsys, monkeypatch):
@@ -343,7 +317,7 @@ def test_cifs_is_attacked_through_its_mask(cifs_ckpt, tmp_path, capsys, monkeypa
     out = tmp_path / "run"
     argv = ["attack", "--ckpt", str(cifs_ckpt), "--preset", "fast", "--n", "16"]
     argv += ["--no-compaction", "--no-sanity", "--no-progress", "--device", "cpu"]
-    rc, err = _cli([*argv, "--out", str(out)], capsys)
+    rc, err = run_cli([*argv, "--out", str(out)], capsys)
     assert rc == 0, err
     summary = json.loads((out / "summary.json").read_text())
     masked = [r for r in summary["results"] if r["through_mask"]]

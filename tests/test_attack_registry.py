@@ -25,13 +25,7 @@ from evalkit.attacks import (
 )
 from evalkit.errors import EvalkitError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- a toy attack, registered in this module only (the extension guide's recipe) -------------

@@ -21,13 +21,7 @@ from evalkit.attacks import (
 from evalkit.attacks.autoattack import build_autoattack
 from evalkit.errors import EvalkitError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_unknown_attack_lists_known_ones():

@@ -14,13 +14,7 @@ from evalkit.attacks.autoattack import build_autoattack
 EPS = 0.1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The nets here are tiny; threads only fight the other test processes on a shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fgsm_equals_foolbox_fgsm(atk_model, atk_data):

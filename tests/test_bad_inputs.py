@@ -11,45 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from helpers import QUIET, one_line, run_cli
 
 from evalkit.checkpoint import load_model, save_checkpoint
-from evalkit.cli import main
 from evalkit.data import load_split
 from evalkit.errors import CheckpointError, EvalkitError
 from evalkit.evaluation import evaluate
 
-QUIET = {"progress": False, "echo": False, "device": "cpu"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """``evalkit.cli.main(argv)`` -> (exit code, stripped stderr). argparse errors leave through
-    SystemExit, EvalkitError through the return value; both must be exit 2 and one line."""
-    capsys.readouterr()
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 2
-    return rc, capsys.readouterr().err.strip()
-
-
-def assert_one_line(err: str) -> None:
-    assert err, "no message"
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _api_error(**kw) -> str:
     with pytest.raises(EvalkitError) as info:
         evaluate(**kw)
     msg = str(info.value)
-    assert_one_line(msg)
+    assert one_line(msg), msg
     return msg
 
 
@@ -90,7 +66,7 @@ def test_numeric_options_are_checked(ev_ckpt, tmp_path, capsys, flags, kw, cli_t
     argv = ["attack", "--ckpt", ev_ckpt, "--out", str(out), "--attacks", "pgd"]
     rc, err = run_cli([*argv, "--no-progress", "--device", "cpu", *flags], capsys)
     assert rc == 2 and cli_text in err, err
-    assert_one_line(err)
+    assert one_line(err), err
     assert not (out / "summary.json").exists()
     msg = _api_error(model=ev_ckpt, attacks="pgd", **{**QUIET, **kw})
     assert api_text in msg, msg
@@ -144,11 +120,11 @@ def test_nan_weights_are_refused_naming_the_tensor(nan_ckpt, tmp_path, capsys):
     with pytest.raises(CheckpointError) as info:
         evaluate(nan_ckpt, attacks="fgsm", **QUIET)
     msg = str(info.value)
-    assert_one_line(msg)
+    assert one_line(msg), msg
     assert "'linear.weight'" in msg and "NaN/inf" in msg
     rc, err = run_cli(["attack", "--ckpt", str(nan_ckpt), "--out", str(tmp_path / "r")], capsys)
     assert rc == 2 and "'linear.weight'" in err
-    assert_one_line(err)
+    assert one_line(err), err
 
 
 def test_a_module_with_nan_weights_is_refused(ev_ckpt):
@@ -222,7 +198,7 @@ def test_probability_outputs_get_a_one_line_message(tmp_path, capsys):
     argv = ["attack", "--model", f"{src}:build", "--dataset", "fashion-mnist-mini", "--n", "4"]
     rc, err = run_cli([*argv, "--out", str(tmp_path / "r"), "--device", "cpu"], capsys)
     assert rc == 2 and "probabilities" in err, err
-    assert_one_line(err)
+    assert one_line(err), err
 
 
 def test_non_logit_outputs_are_refused():
@@ -323,7 +299,7 @@ def test_normalize_on_a_checkpoint_that_records_it_is_refused_unless_forced(
     argv += ["--n", "4", "--no-sanity", "--no-progress", "--device", "cpu"]
     rc, err = run_cli([*argv, "--out", str(tmp_path / "a")], capsys)
     assert rc == 2 and "--force-normalize" in err
-    assert_one_line(err)
+    assert one_line(err), err
     # the same normalization as recorded is no change, so it is accepted
     _, meta = load_model(ev_ckpt)
     same = f"{meta.mean[0]},{meta.std[0]}"

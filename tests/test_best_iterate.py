@@ -12,13 +12,7 @@ from evalkit.attacks import cw_inf, eot_loss, get_attack, make_loss, pgd
 from evalkit.attacks.tracking import LogitTap, success_and_margin
 from evalkit.errors import EvalkitError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Band(nn.Module):

@@ -8,31 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import one_line, run_cli
 
 from evalkit.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two threads on a shared 2-core machine thrash (10x slower); these models are tiny."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """``evalkit.cli.main(argv)`` -> (exit code, stripped stderr); argparse errors exit through
-    SystemExit, EvalkitError through the return value: both count."""
-    try:
-        rc = main(argv)
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else 2
-    return rc, capsys.readouterr().err.strip()
-
-
-def one_line(err: str) -> bool:
-    return len(err.splitlines()) == 1 and "Traceback" not in err
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _aa_example_ckpt() -> Path:
@@ -174,8 +154,6 @@ def test_model_from_a_file_outside_the_package_matches_the_api(tmp_path):
     """`evalkit attack --model file.py:factory --ckpt weights` evaluates an architecture evalkit
     does not know, and writes the same numbers as `evalkit.evaluate` on the same module."""
     import json
-
-    import torch
 
     import evalkit
     from evalkit.cli import main

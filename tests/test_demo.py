@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_report_fixtures import one_thread, tables
+from helpers import one_thread
+from test_report_fixtures import tables
 
 from evalkit.cli import main as cli_main
 

@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from helpers import QUIET, one_thread
 
 from evalkit.checkpoint import load_model
 from evalkit.data import load_split
@@ -33,15 +34,11 @@ REQUIRED = (
     "environment",
     "per_class",
 )
-QUIET = {"progress": False, "echo": False, "device": "cpu"}
+#: The settings of the module's ``run`` (seed 5); resume tests repeat them exactly.
+RUN = dict(attacks="fgsm,pgd", eps="2/255,8/255", n=48, batch_size=16, sanity=False, **QUIET)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_default_preset_is_the_design_protocol():
@@ -120,22 +117,8 @@ def test_pgd_preset_on_a_random_model_does_not_claim_autoattack_ran():
 @pytest.fixture(scope="module")
 def run(ev_ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("harness") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures run before the function-scoped autouse one
-    try:
-        result = evaluate(
-            ev_ckpt,
-            attacks="fgsm,pgd",
-            eps="2/255,8/255",
-            n=48,
-            batch_size=16,
-            out=out,
-            seed=5,
-            sanity=False,
-            **QUIET,
-        )
-    finally:
-        torch.set_num_threads(threads)
+    with one_thread():  # module fixtures run before the function-scoped one_thread fixture
+        result = evaluate(ev_ckpt, out=out, seed=5, **RUN)
     return out, result
 
 
@@ -284,35 +267,13 @@ def test_resume_without_out_is_refused(ev_ckpt):
 def test_resume_with_other_settings_is_refused(run, ev_ckpt):
     out, _ = run
     with pytest.raises(EvalkitError, match=r"cannot resume .*the seed changed"):
-        evaluate(
-            ev_ckpt,
-            attacks="fgsm,pgd",
-            eps="2/255,8/255",
-            n=48,
-            batch_size=16,
-            out=out,
-            seed=6,
-            resume=True,
-            sanity=False,
-            **QUIET,
-        )
+        evaluate(ev_ckpt, out=out, seed=6, resume=True, **RUN)
 
 
 def test_resume_of_a_finished_run_recomputes_nothing(run, ev_ckpt):
     out, result = run
     lines_before = (out / "records" / "rank0.jsonl").read_text().splitlines()
-    again = evaluate(
-        ev_ckpt,
-        attacks="fgsm,pgd",
-        eps="2/255,8/255",
-        n=48,
-        batch_size=16,
-        out=out,
-        seed=5,
-        resume=True,
-        sanity=False,
-        **QUIET,
-    )
+    again = evaluate(ev_ckpt, out=out, seed=5, resume=True, **RUN)
 
     def strip(s: dict) -> dict:
         return {k: v for k, v in json.loads(json.dumps(s)).items() if k != "cost"}

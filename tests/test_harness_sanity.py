@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from helpers import QUIET
 
 from evalkit.attacks.eot import is_model_random
 from evalkit.attacks.losses import make_loss
@@ -16,15 +17,7 @@ from evalkit.evaluation import evaluate
 from evalkit.evaluation import sanity as S
 from evalkit.evaluation.protocol import ModelTraits
 
-QUIET = {"progress": False, "echo": False, "device": "cpu"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Detached(nn.Module):

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_thread
 from test_report_fixtures import (
     make_analysis_dir,
     make_real_run,
     make_run_dir,
     make_summary,
-    one_thread,
     pct,
     tables,
 )

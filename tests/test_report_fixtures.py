@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -220,19 +219,6 @@ def make_real_run(
         eot=2 if defense == "sap" else None,
     )
     return out
-
-
-@contextmanager
-def one_thread():
-    """Run torch on one thread: on a shared 2-core machine two threads thrash (10x slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def make_analysis_dir(path: Path, finding: str = "at-cas: fewer activated channels") -> Path:

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import QUIET
 
 from evalkit.evaluation import evaluate
 from evalkit.evaluation.budget import Budget
@@ -20,16 +21,10 @@ from evalkit.evaluation.rundir import unit_key
 from evalkit.evaluation.scoring import margins, mc_standard_error, score
 from evalkit.evaluation.summary import per_example_table, robust_before, summarize
 
-QUIET = {"progress": False, "echo": False, "device": "cpu"}
 NAN, INF = float("nan"), float("inf")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Logits(nn.Module):

@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from analysis.channels import tail_share, tail_share_crossfit
+from analysis.naming import file_slug
 from analysis.studies.spec import Finding, StudyContext
 from analysis.studies.stats import (
     INCONCLUSIVE,
@@ -403,6 +404,36 @@ def channels_findings(
 
     out: list[Finding] = []
 
+    def uniformity_finding(lab: str, claim: str, paper_key: str, note: str) -> bool:
+        """Append the finding that ``lab``'s adversarial activations spread onto the natural
+        tail (cross-fitted tail share > 0, guarded by saturation); return the saturation."""
+        ts = tail(lab)
+        p = _paper(paper_effects, paper_key)
+        sat = saturated(lab)
+        v = guard(verdict(ts, direction=+1, paper_effect=p), sat)
+        out.append(
+            _finding(
+                claim,
+                v,
+                _numbers(
+                    {
+                        f"{lab}_tail_share": ts,
+                        f"{lab}_entropy_natural": entropy(lab, 0),
+                        f"{lab}_entropy_adversarial": entropy(lab, 1),
+                    },
+                    **{
+                        f"{lab}_active_fraction_natural": active_frac(lab, 0),
+                        f"{lab}_active_fraction_adversarial": active_frac(lab, 1),
+                        f"{lab}_saturated": sat,
+                    },
+                    **in_sample(lab),
+                ),
+                note + _size_note(ts, p, v),
+                effect=ts,
+            )
+        )
+        return sat
+
     # 1. magnitude gap on the standard model
     r_std = ratio(std_l)
     eff1 = r_std.shift(-1.0)
@@ -426,35 +457,15 @@ def channels_findings(
     )
 
     # 2. uniformity on the standard model
-    ts_std = tail(std_l)
-    p2 = _paper(paper_effects, "channels.uniformity")
-    sat_std = saturated(std_l)
-    v2 = guard(verdict(ts_std, direction=+1, paper_effect=p2), sat_std)
-    out.append(
-        _finding(
-            "adversarial examples activate channels more uniformly than natural ones (standard model)",
-            v2,
-            _numbers(
-                {
-                    f"{std_l}_tail_share": ts_std,
-                    f"{std_l}_entropy_natural": entropy(std_l, 0),
-                    f"{std_l}_entropy_adversarial": entropy(std_l, 1),
-                },
-                **{
-                    f"{std_l}_active_fraction_natural": active_frac(std_l, 0),
-                    f"{std_l}_active_fraction_adversarial": active_frac(std_l, 1),
-                    f"{std_l}_saturated": sat_std,
-                },
-                **in_sample(std_l),
-            ),
-            "tail_share = share of adversarial activations on the channels natural images use "
-            f"least (the tail {frac:.0%} of the natural ranking) minus the natural share, ranked "
-            "and measured on different halves of the images; reproduced when its interval lies "
-            f"above 0; inconclusive whatever it shows when over {SATURATED_ACTIVE_FRACTION:.0%} "
-            "of channels are active (saturated). Entropy and Spearman are shown, not judged"
-            + _size_note(ts_std, p2, v2),
-            effect=ts_std,
-        )
+    uniformity_finding(
+        std_l,
+        "adversarial examples activate channels more uniformly than natural ones (standard model)",
+        "channels.uniformity",
+        "tail_share = share of adversarial activations on the channels natural images use "
+        f"least (the tail {frac:.0%} of the natural ranking) minus the natural share, ranked "
+        "and measured on different halves of the images; reproduced when its interval lies "
+        f"above 0; inconclusive whatever it shows when over {SATURATED_ACTIVE_FRACTION:.0%} "
+        "of channels are active (saturated). Entropy and Spearman are shown, not judged",
     )
 
     # 3. AT closes the magnitude gap
@@ -493,32 +504,12 @@ def channels_findings(
     )
 
     # 4. AT keeps the uniformity gap
-    ts_at = tail(at_l)
-    p4 = _paper(paper_effects, "channels.at_keeps_uniformity")
-    sat_at = saturated(at_l)
-    v4 = guard(verdict(ts_at, direction=+1, paper_effect=p4), sat_at)
-    out.append(
-        _finding(
-            "adversarial training does not remove the uniformity gap",
-            v4,
-            _numbers(
-                {
-                    f"{at_l}_tail_share": ts_at,
-                    f"{at_l}_entropy_natural": entropy(at_l, 0),
-                    f"{at_l}_entropy_adversarial": entropy(at_l, 1),
-                },
-                **{
-                    f"{at_l}_active_fraction_natural": active_frac(at_l, 0),
-                    f"{at_l}_active_fraction_adversarial": active_frac(at_l, 1),
-                    f"{at_l}_saturated": sat_at,
-                },
-                **in_sample(at_l),
-            ),
-            "AT model: cross-fitted tail_share > 0 means adversarial activations still spread onto "
-            "the natural tail; same saturation guard as the standard model"
-            + _size_note(ts_at, p4, v4),
-            effect=ts_at,
-        )
+    sat_at = uniformity_finding(
+        at_l,
+        "adversarial training does not remove the uniformity gap",
+        "channels.at_keeps_uniformity",
+        "AT model: cross-fitted tail_share > 0 means adversarial activations still spread onto "
+        "the natural tail; same saturation guard as the standard model",
     )
 
     # 5. CAS less uniform than AT
@@ -1038,10 +1029,6 @@ def judge_he(ctx: StudyContext) -> list[Finding]:
     )
 
 
-def _slug(label: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
-
-
 def load_features(
     analysis_dirs: Sequence[Path], labels: Sequence[str]
 ) -> tuple[dict[str, list[Features]], float]:
@@ -1053,7 +1040,7 @@ def load_features(
         doc = _json(Path(d) / "analysis.json")
         threshold = float(doc.get("params", {}).get("threshold", threshold))
         for lab in labels:
-            path = Path(d) / f"features_{_slug(lab)}.npz"
+            path = Path(d) / f"features_{file_slug(lab)}.npz"
             if not path.exists():
                 raise EvalkitError(f"{path} is missing; rerun the channels study")
             with np.load(path) as z:
@@ -1147,7 +1134,7 @@ def judge_pooling(ctx: StudyContext) -> list[Finding]:
         ns = [int(doc.get("params", {}).get("n_examples", 0)) for doc in docs]
         arrays = []
         for d in dirs:
-            p = d / f"points_{_slug(lab)}.npz"
+            p = d / f"points_{file_slug(lab)}.npz"
             arrays.append(dict(np.load(p)) if p.exists() else None)
         if all(a is not None and "robust" in a for a in arrays):
             idx = arrays[0].get("index")  # type: ignore[union-attr]

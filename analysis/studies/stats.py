@@ -290,12 +290,9 @@ def proportion(
     arr = _as_seeds(values)
     if ((arr < 0) | (arr > 1)).any():
         raise ValueError("proportion needs values in [0, 1]")
-    k, n = arr.shape
+    n = arr.shape[1]
     per_seed = [wilson(float(row.sum()), n, level=level) for row in arr]
-    if k == 1:
-        return per_seed[0]
-    se = bootstrap_se(_mean_stat(arr.mean(0)), n, resamples=resamples, seed=seed)
-    return across_seeds(per_seed, point_se=se, level=level)
+    return _pool_seeds(per_seed, arr, resamples=resamples, seed=seed, level=level)
 
 
 def paired_bootstrap_diff(
@@ -316,7 +313,7 @@ def paired_bootstrap_diff(
     if x.shape != y.shape:
         raise ValueError(f"paired arrays need the same shape, got {x.shape} and {y.shape}")
     d = x - y
-    k, n = d.shape
+    n = d.shape[1]
     per_seed = [
         bootstrap(
             _mean_stat(row),
@@ -328,9 +325,19 @@ def paired_bootstrap_diff(
         )
         for row in d
     ]
-    if k == 1:
+    return _pool_seeds(per_seed, d, resamples=resamples, seed=seed, level=level)
+
+
+def _pool_seeds(
+    per_seed: list[Interval], values: np.ndarray, *, resamples: int, seed: int, level: float
+) -> Interval:
+    """The one seed's interval, or :func:`across_seeds` of ``per_seed`` (one interval per row
+    of ``values``, shape (k, n)) with the point-level error from the bootstrap of the
+    seed-averaged per-point values."""
+    if len(per_seed) == 1:
         return per_seed[0]
-    se = bootstrap_se(_mean_stat(d.mean(0)), n, resamples=resamples, seed=seed)
+    mean = values.mean(0)
+    se = bootstrap_se(_mean_stat(mean), len(mean), resamples=resamples, seed=seed)
     return across_seeds(per_seed, point_se=se, level=level)
 
 

@@ -32,6 +32,7 @@ import torch.nn as nn
 from analysis.common import ModelEntry, accuracy, batches, craft_adversarial, eval_mode, progress
 from analysis.hooks import capture, default_layer, get_layer, spatial_mean
 from analysis.io import AnalysisWriter
+from analysis.naming import file_slug
 
 MAGNITUDES = ("mean", "activated", "paper_running")
 
@@ -389,7 +390,7 @@ def run_channel_study(
         results.append(res)
         tables.append(res.table(threshold, batch_size))
         writer.array(
-            f"features_{_slug(entry.label)}",
+            f"features_{file_slug(entry.label)}",
             "per-example spatial means (N, C) at the layer",
             natural=res.f_nat.numpy(),
             adversarial=res.f_adv.numpy(),
@@ -414,7 +415,7 @@ def run_channel_study(
     }[magnitude]
     for r in results:
         sub = df[df.model == r.label]
-        slug = _slug(r.label)
+        slug = file_slug(r.label)
         writer.figure(
             plots.magnitude_plot(sub, col, sort=sort, title=r.label),
             f"magnitude_{slug}",
@@ -468,10 +469,6 @@ def _has_aux(model: nn.Module) -> bool:
     from evalkit.defenses.context import has_aux_heads
 
     return has_aux_heads(model)
-
-
-def _slug(label: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in label)
 
 
 __all__ = [

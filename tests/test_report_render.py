@@ -11,13 +11,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import one_thread
 from test_report_fixtures import (
     chromium_binary,
     console_errors,
     make_analysis_dir,
     make_run_dir,
     make_summary,
-    one_thread,
     png_variance,
     run_chromium,
 )

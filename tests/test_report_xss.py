@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import one_thread
 from test_report_fixtures import (
     XSS,
     chromium_binary,
     console_errors,
     make_real_run,
-    one_thread,
     run_chromium,
 )
 

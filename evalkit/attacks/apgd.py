@@ -202,6 +202,7 @@ class _RunResult:
     x: torch.Tensor  # (n, ...) the misclassifying iterate if broken, else the best-loss one
     loss: torch.Tensor  # (n,)
     steps: torch.Tensor  # (n,) long: iterations the point was attacked (forward+backward each)
+    closest: torch.Tensor  # (n,) highest untargeted DLR over the iterates (-inf for K < 3)
 
 
 def _run(
@@ -218,6 +219,7 @@ def _run(
     eot_iter: int,
     plateau_tol: float | None = None,
     plateau_span: int = 2,
+    plateau_guard: float | None = None,
 ) -> _RunResult:
     """One APGD run (Algorithm 1) from ``x0 + delta0`` on the points given."""
     n = x0.shape[0]
@@ -225,6 +227,7 @@ def _run(
     out_loss = torch.full((n,), float("-inf"), device=x0.device, dtype=x0.dtype)
     broken = torch.zeros(n, dtype=torch.bool, device=x0.device)
     steps = torch.zeros(n, dtype=torch.long, device=x0.device)
+    closest = torch.full((n,), float("-inf"), device=x0.device, dtype=x0.dtype)
     lo, hi = ball.bounds(x0)
     xc = ball.project(x0 + delta0, x0, lo, hi)
     logits, f, g = _evaluate(model, xc, y, target, loss_fn, eot_iter, need_grad=n_iter > 0)
@@ -257,6 +260,8 @@ def _run(
         """Keep misclassifying iterates; return the mask of misclassified active rows."""
         mis = logits.argmax(1) != s["y"]
         pos = s["pos"]
+        if logits.shape[1] >= 3:
+            closest[pos] = torch.maximum(closest[pos], dlr_loss(logits, s["y"]).to(closest.dtype))
         upd = mis & (~broken[pos] | (f_new > out_loss[pos]))
         if bool(upd.any()):
             out_x[pos[upd]] = x_new[upd]
@@ -312,6 +317,8 @@ def _run(
                     & ~mis
                     & (s["fm"] - ref <= plateau_tol * (s["fm"] - s["f0"]))
                 )
+                if plateau_guard is not None:
+                    stop = stop & (closest[s["pos"]] < -plateau_guard)
             s["fm_w2"] = s["fm_last"]
             if bool(halve.any()):
                 hv = _bview(halve, x_new)
@@ -342,7 +349,7 @@ def _run(
     keep = ~broken[pos]
     out_x[pos[keep]] = s["xm"][keep]
     out_loss[pos[keep]] = s["fm"][keep]
-    return _RunResult(broken=broken, x=out_x, loss=out_loss, steps=steps)
+    return _RunResult(broken=broken, x=out_x, loss=out_loss, steps=steps, closest=closest)
 
 
 def _check_args(

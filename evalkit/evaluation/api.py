@@ -413,7 +413,8 @@ def _announce(p: Prepared, req: Request, say: Any) -> None:
         extra = f"; left out: {', '.join(a['left_out'])}" if a.get("left_out") else ""
         say(f"  adaptive: {a['name']} ({a['reason']}) -> {ran}{extra}")
     with attack_mode(p.model.model):
-        rate = probe_rate(p.model.model, p.probe_x[:8])
+        timing_x = p.data.examples.fetch(torch.arange(min(32, n)))[0].to(p.probe_x.device)
+        rate = probe_rate(p.model.model, timing_x)
     say("  " + estimate(p.plans, p.budgets, n, p.settings.draws, rate).line())
 
 

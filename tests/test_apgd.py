@@ -1,11 +1,13 @@
 """evalkit's own APGD-CE / APGD-DLR / APGD-T (Croce & Hein 2020): hand-computed losses and
 checkpoints, the threat-model invariant, exact cost accounting, compaction leaving every
-unbroken point's result unchanged, and a cross-check against ``pyautoattack`` (robust accuracy
-and propagation counts on the same points)."""
+unbroken point's result unchanged, the stopping rules (``stop_plateau``, ``skip_far_targets``)
+on constructed cases with hand-computed costs, the registry entries, and a cross-check against
+``pyautoattack`` (robust accuracy and propagation counts on the same points)."""
 
 from __future__ import annotations
 
 import copy
+import importlib
 import sys
 
 import pytest
@@ -13,16 +15,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from evalkit.attacks import eot_loss, get_attack, make_loss
 from evalkit.attacks.apgd import (
     APGDError,
     apgd,
+    apgd_ce_t,
     apgd_targeted,
     checkpoints,
     dlr_loss,
     dlr_targeted_loss,
     target_classes,
 )
+from evalkit.errors import EvalkitError
 from evalkit.evaluation.units import CostCounter
+
+# the module itself (``evalkit.attacks.apgd`` the attribute is the function, re-exported)
+APGD_MODULE = importlib.import_module("evalkit.attacks.apgd")
 
 EPS = 0.1
 N_CROSS = 200  # points in the pyautoattack cross-check
@@ -212,6 +220,138 @@ def test_step_size_halving_finds_an_interior_maximum(norm: str, eps: float, tol:
     assert float((x_adv - c).abs().max()) < tol
 
 
+# --- stopping rules ---------------------------------------------------------------------------
+
+
+def test_stop_plateau_exact_cost_on_a_linear_model() -> None:
+    # _Biased is linear with a constant gradient sign: the first step reaches the best corner and
+    # the loss never moves again. Checkpoints 22 and 41 both halve the step with no gain, so
+    # every point stops at iteration index 41: 1 + 42 forward+backward per point instead of
+    # 101 forward + 100 backward, and the result is the same corner. Its closest approach is
+    # DLR = -(10 - ~0) / (10 - ~0) ~ -1, far below -PLATEAU_GUARD.
+    model = _Biased().double().eval().requires_grad_(False)
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.zeros(6, dtype=torch.long)
+    outs, costs = [], []
+    for stop in (False, True):
+        counter = CostCounter(model)
+        gen = torch.Generator().manual_seed(1)
+        outs.append(apgd(model, x, y, eps=EPS, n_iter=100, stop_plateau=stop, generator=gen))
+        counter.close()
+        costs.append(counter.snapshot())
+    assert costs == [(6 + 6 * 101, 6 * 100), (6 + 6 * 43, 6 * 43)]
+    assert torch.equal(outs[0], outs[1])
+
+
+class _Well(nn.Module):
+    """Logits ``(0, 10 (delta - |x - c|^2), -5, -5)`` with ``c = 0.5``: a point is misclassified
+    only within ``sqrt(delta)`` of c, which APGD reaches late, after several step halvings, with
+    loss gains far below 1% of the run's total: the case the plateau test alone gets wrong."""
+
+    def __init__(self, delta: float) -> None:
+        super().__init__()
+        self.delta = delta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = ((x - 0.5) ** 2).flatten(1).sum(1)
+        rest = torch.full((x.shape[0], 2), -5.0, dtype=x.dtype)
+        return torch.cat([torch.zeros_like(q)[:, None], 10 * (self.delta - q)[:, None], rest], 1)
+
+
+def test_stop_plateau_keeps_late_breaks_near_the_boundary(monkeypatch) -> None:
+    # measured: plain APGD breaks 7 of the 8 points (late); the plateau test with the distance
+    # guard breaks the same 7 (their untargeted DLR ~ -2 |x - c|^2 stays near 0); without the
+    # guard it stops them early and breaks none
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 + (torch.rand(8, 1, 4, 4, generator=g, dtype=torch.float64) - 0.5) * 0.1
+    y = torch.zeros(8, dtype=torch.long)
+    model = _Well(1e-5)
+
+    def broken(stop: bool) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(1)
+        x_adv = apgd(model, x, y, eps=EPS, n_iter=100, stop_plateau=stop, generator=gen)
+        _in_threat_model(x_adv, x, EPS, "linf")
+        return ~_robust(model, x_adv, y)
+
+    plain = broken(False)
+    assert int(plain.sum()) >= 6
+    assert torch.equal(broken(True), plain)
+    monkeypatch.setattr(APGD_MODULE, "PLATEAU_GUARD", float("-inf"))  # the test can fail
+    assert int(broken(True).sum()) < int(plain.sum())
+
+
+class _NearFar(nn.Module):
+    """Logits ``(10, 10 x_000, 0, 0)``: nothing within eps 0.05 changes the label; a point with
+    ``x_000 = 0.9`` stays near the boundary (DLR >= -(10 - 9.5) / 10), one with ``x_000 = 0.1``
+    far from it (DLR <= -(10 - 1.5) / 10 = -0.85)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z1 = 10 * x.flatten(1)[:, 0]
+        const = torch.zeros_like(z1)[:, None]
+        return torch.cat([const + 10, z1[:, None], const, const], 1)
+
+
+def test_skip_far_targets_exact_cost() -> None:
+    # 3 near and 3 far points, APGD-CE then 3 targets of 10 iterations, nothing breaks: per run
+    # and point 11 forward and 10 backward. Far points skip targets 2 and 3.
+    model = _NearFar().double().eval()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[:, 0, 0, 0] = torch.tensor([0.9, 0.9, 0.9, 0.1, 0.1, 0.1], dtype=torch.float64)
+    y = torch.zeros(6, dtype=torch.long)
+    costs, outs = [], []
+    for skip in (False, True):
+        counter = CostCounter(model)
+        gen = torch.Generator().manual_seed(0)
+        kw = dict(eps=0.05, n_iter=10, n_target_classes=3, skip_far_targets=skip, generator=gen)
+        outs.append(apgd_ce_t(model, x, y, **kw))
+        counter.close()
+        costs.append(counter.snapshot())
+        _in_threat_model(outs[-1], x, 0.05, "linf")
+        assert bool(_robust(model, outs[-1], y).all())
+    assert costs[0] == (6 + 4 * 11 * 6, 4 * 10 * 6)
+    assert costs[1] == (6 + 11 * (4 * 3 + 2 * 3), 10 * (4 * 3 + 2 * 3))
+
+
+def test_registry_entries() -> None:
+    model = _Biased().eval()
+    x, y = torch.rand(3, 1, 28, 28), torch.zeros(3, dtype=torch.long)
+    assert get_attack("apgd-ce") is get_attack("apgd") and get_attack("apgd").base_loss == "ce"
+    assert [get_attack(n).min_classes for n in ("apgd", "apgd-dlr", "apgd-t", "apgd-ce-t")] == [
+        2,
+        3,
+        4,
+        4,
+    ]
+    for name in ("apgd", "apgd-dlr", "apgd-t", "apgd-ce-t"):
+        spec = get_attack(name)
+        assert spec.iterative and spec.defaults["stop_plateau"] is False
+    assert "skip_far_targets" in get_attack("apgd-ce-t").defaults
+    # the registry passes the loss by name: apgd-dlr is apgd with loss="dlr"
+    a = get_attack("apgd-dlr").run(
+        model, x, y, eps=EPS, n_iter=3, generator=torch.Generator().manual_seed(5)
+    )
+    b = apgd(model, x, y, eps=EPS, loss="dlr", n_iter=3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    # a harness loss built for DLR (plain or EOT-wrapped) means DLR; a joint loss is refused
+    for harness_loss in (make_loss("dlr"), eot_loss("dlr", 3)):
+        c = get_attack("apgd").run(
+            model,
+            x,
+            y,
+            eps=EPS,
+            n_iter=3,
+            loss=harness_loss,
+            generator=torch.Generator().manual_seed(5),
+        )
+        assert torch.equal(a, c)
+    with pytest.raises(APGDError, match="joint"):
+        get_attack("apgd").run(model, x, y, eps=EPS, loss=make_loss("ce", joint=True))
+    model.stochastic = True  # declared randomness: one lucky forward is no break
+    with pytest.raises(EvalkitError, match="early_stop=False"):
+        get_attack("apgd-t").run(model, x, y, eps=EPS, n_iter=2, early_stop=True)
+    get_attack("apgd-t").run(model, x, y, eps=EPS, n_iter=2, early_stop=False)
+
+
 def test_same_seed_same_result(apgd_robust_mlp, apgd_test_data) -> None:
     x, y = apgd_test_data
     a = apgd(
@@ -352,3 +492,44 @@ def test_robust_accuracy_matches_pyautoattack(apgd_cross, apgd_test_data) -> Non
 def test_fewer_propagations_than_pyautoattack(apgd_cross) -> None:
     (f_ours, b_ours), (f_aa, b_aa) = apgd_cross["ours"][1], apgd_cross["theirs"][1]
     assert f_ours < f_aa and b_ours < b_aa, (f_ours, b_ours, f_aa, b_aa)
+
+
+@pytest.fixture(scope="module")
+def apgd_chain(apgd_robust_mlp, apgd_test_data) -> dict[bool, tuple[torch.Tensor, int]]:
+    """apgd_ce_t without and with its stopping rules on the cross-check points: robust flags and
+    forward+backward propagations, keyed by ``fast``."""
+    model = apgd_robust_mlp
+    x, y = apgd_test_data
+    out = {}
+    for fast in (False, True):
+        counter = CostCounter(model)
+        x_adv = apgd_ce_t(
+            model,
+            x,
+            y,
+            eps=EPS,
+            n_iter=N_ITER_CROSS,
+            stop_plateau=fast,
+            skip_far_targets=fast,
+            generator=torch.Generator().manual_seed(0),
+        )
+        counter.close()
+        _in_threat_model(x_adv, x, EPS, "linf")
+        out[fast] = (_robust(model, x_adv, y), sum(counter.snapshot()))
+    return out
+
+
+def test_chain_with_stopping_rules_matches_pyautoattack(apgd_chain, apgd_cross) -> None:
+    n_theirs = int(apgd_cross["theirs"][0].sum())
+    for fast in (False, True):
+        n_ours = int(apgd_chain[fast][0].sum())
+        assert abs(n_ours - n_theirs) <= CROSS_TOL, (fast, n_ours, n_theirs)
+
+
+def test_stopping_rules_keep_every_break_and_cut_cost(apgd_chain, apgd_cross) -> None:
+    # measured: the same 107 breaks at 0.57x the plain chain's propagations (0.52x those of
+    # pyautoattack custom [apgd-ce, apgd-t] on the same points)
+    (plain, cost_plain), (fast, cost_fast) = apgd_chain[False], apgd_chain[True]
+    assert bool((fast <= plain).all())  # every point the plain chain breaks stays broken
+    assert cost_fast < 0.65 * cost_plain, (cost_fast, cost_plain)
+    assert cost_fast < 0.6 * sum(apgd_cross["theirs"][1])

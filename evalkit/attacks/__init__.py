@@ -10,18 +10,16 @@ up by name with :func:`get_attack` and run them by keyword::
         x_adv = get_attack("pgd").run(model, x, y, eps=8 / 255, steps=20, keep_best=True)
 
 Names: ``fgsm``, ``pgd``, ``cw_inf`` (alias ``cw``), ``cw_l2``, ``autoattack`` (alias ``aa``),
-``aa_plus``, ``aa_rand``, ``square``, and ``foolbox:Name`` for any Foolbox 3 attack
+``aa_plus``, ``aa_rand``, ``square``, ``apgd`` (alias ``apgd-ce``), ``apgd-dlr``, ``apgd-t``,
+``apgd-ce-t``, and ``foolbox:Name`` for any Foolbox 3 attack
 (:func:`attack_names` lists the registered ones, :func:`describe_attacks` describes them).
 :func:`attack_mode` puts the model in eval mode for the attack and restores it after.
 """
 
 # Attack modules, each registering its attacks on import. Order does not matter; the registry
 # imports none of them.
-# NOTE for evalkit/attacks/apgd.py (being written separately): register `apgd` and
-# `apgd_targeted` inside apgd.py with @register_attack(..., iterative=True, base_loss=...), then
-# add `from evalkit.attacks.apgd import apgd, apgd_targeted` below and both names to __all__.
-# tests/test_attack_registry.py then covers them (option defaults, eps ball) with no edit.
 from evalkit.attacks import foolbox_adapter as foolbox_adapter
+from evalkit.attacks.apgd import apgd, apgd_ce_t, apgd_targeted
 from evalkit.attacks.autoattack import autoattack
 from evalkit.attacks.cw import cw_inf, cw_l2
 from evalkit.attacks.eot import eot_loss, is_model_random, needs_eot
@@ -41,6 +39,9 @@ from evalkit.attacks.square import square
 __all__ = [
     "AttackLoss",
     "AttackSpec",
+    "apgd",
+    "apgd_ce_t",
+    "apgd_targeted",
     "attack_mode",
     "attack_names",
     "autoattack",

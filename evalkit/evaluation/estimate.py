@@ -49,9 +49,9 @@ def plan_cost(plan: AttackPlan, draws: int = 1) -> tuple[int, int]:
     elif plan.attack == "apgd":
         it = int(o.get("n_iter", 100)) * int(o.get("n_restarts", 1))
         fwd, bwd = it * eot + 1, it * eot
-    elif plan.attack == "apgd-t":
+    elif plan.attack in ("apgd-t", "apgd-ce-t"):
         it = int(o.get("n_iter", 100)) * int(o.get("n_restarts", 1))
-        it *= int(o.get("n_target_classes", 9))
+        it *= int(o.get("n_target_classes", 9)) + (plan.attack == "apgd-ce-t")
         fwd, bwd = it * eot + 1, it * eot
     elif plan.attack == "autoattack":
         version = o.get("version", "standard")

@@ -156,6 +156,7 @@ def run_attack(
         options.setdefault("early_stop", deterministic)
     if details is not None and spec.options is not None and "report" in spec.options:
         options["report"] = details
+    own_loss = options.pop("loss", None)  # attacks with their own losses name them (apgd "dlr")
     torch.manual_seed(seed)  # stochastic models and attacks that use the global RNG
     with gradients_through_masks(model, plan.through_mask):
         x_adv = spec.run(
@@ -164,7 +165,7 @@ def run_attack(
             y,
             eps=budget.value,
             norm=budget.norm,
-            loss=build_loss(plan, beta) if plan.uses_loss else None,
+            loss=build_loss(plan, beta) if plan.uses_loss else own_loss,
             generator=make_generator(seed),
             **options,
         )

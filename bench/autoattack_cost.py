@@ -14,9 +14,10 @@ robust accuracy, images forwarded / backpropagated through the model
 (d) torchattacks ``MultiAttack`` over FGSM, PGD-20 (step eps/4), APGD and APGDT at their
     defaults (10 steps), what a user would pick,
 
-and the ratios (c)/(b), (c)/(a), (c+)/(b) and (c+)/(a). The model is trained with PGD-AT (evalkit.training) unless
-``--ckpt`` names an existing checkpoint; with ``--ckpt`` given but missing, the trained model is
-saved there for the next run. Defaults (width 8, strides 2222) keep the CNN cheap enough for a
+and the ratios (c)/(b), (c)/(a), (c+)/(b) and (c+)/(a). The model is trained with PGD-AT
+(evalkit.training) unless ``--ckpt`` names an existing checkpoint; with ``--ckpt`` given but
+missing, the trained model is saved there for the next run. ``--seed`` seeds the random starts of
+(a), (b) and (c), to check that a result is not one seed's luck. Defaults (width 8, strides 2222) keep the CNN cheap enough for a
 CPU run of 500 points in a few minutes.
 
     python bench/autoattack_cost.py [--n 500] [--eps 0.1] [--device auto] [--epochs 5]

@@ -549,8 +549,9 @@ def apgd(
     the module docstring for compaction, EOT and the random starts.
 
     Raises :class:`APGDError` (a ``ValueError``) for bad arguments, a loss other than ``"ce"``
-    or ``"dlr"`` (a harness loss built for one of them is accepted), ``early_stop`` on a model that declares itself stochastic, and for
-    ``loss="dlr"`` with fewer than 3 classes (DLR is undefined there; use ``loss="ce"``).
+    or ``"dlr"`` (a harness loss built for one of them is accepted), ``early_stop`` on a model
+    that declares itself stochastic, and for ``loss="dlr"`` with fewer than 3 classes (DLR is
+    undefined there; use ``loss="ce"``).
     """
     _check_args(x, y, eps, norm, n_iter, n_restarts, rho, eot_iter)
     loss = _loss_name(loss)
@@ -641,8 +642,9 @@ def apgd_targeted(
     still robust. Success is misclassification. Shapes, the result and the options are as in
     :func:`apgd`.
 
-    Raises :class:`APGDError` (a ``ValueError``) for bad arguments, and for fewer than 4
-    classes (the targeted DLR denominator needs ``z_pi3`` and ``z_pi4``; use APGD-CE).
+    Raises :class:`APGDError` (a ``ValueError``) for bad arguments, ``early_stop`` on a
+    stochastic model, and for fewer than 4 classes (the targeted DLR denominator needs ``z_pi3``
+    and ``z_pi4``; use APGD-CE).
     """
     _check_args(x, y, eps, norm, n_iter, n_restarts, rho, eot_iter)
     return _attack(
@@ -700,8 +702,8 @@ def apgd_ce_t(
     docstring: the rule and its calibration); it needs APGD-CE's runs, hence this function.
     Shapes, the result and the other options are as in :func:`apgd`.
 
-    Raises :class:`APGDError` (a ``ValueError``) for bad arguments, and for fewer than 4
-    classes (use APGD-CE).
+    Raises :class:`APGDError` (a ``ValueError``) for bad arguments, ``early_stop`` on a
+    stochastic model, and for fewer than 4 classes (use :func:`apgd` with CE).
     """
     _check_args(x, y, eps, norm, n_iter, n_restarts, rho, eot_iter)
     targeted = _target_runs(y, n_target_classes, "APGD-CE + APGD-T")

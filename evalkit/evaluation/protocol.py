@@ -191,7 +191,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "aa-fast",
-            "AutoAttack-grade at under half the propagations: evalkit's own APGD-CE then "
+            "AutoAttack-grade at about half the propagations: evalkit's own APGD-CE then "
             "APGD-T (DLR-targeted, 9 targets, 100 iterations each; the attacks of pyautoattack "
             "version custom [apgd-ce, apgd-t]) with per-point early exit, per-iteration "
             "compaction, and two stopping rules for points with nothing left to gain: "

@@ -340,6 +340,11 @@ class Request:
     adapt_for: dict[str, bool]
     t_start: float
 
+    @property
+    def protocol_name(self) -> str:
+        """``custom`` for an explicit attack list (the preset only supplied definitions)."""
+        return "custom" if self.explicit else self.preset.name
+
 
 @dataclass
 class Prepared:
@@ -405,7 +410,7 @@ def _announce(p: Prepared, req: Request, say: Any) -> None:
     n = len(p.data.examples)
     say(
         _protocol_text(
-            req.preset.name, p.plans, p.budgets, n, p.settings.compaction, p.settings.draws
+            req.protocol_name, p.plans, p.budgets, n, p.settings.compaction, p.settings.draws
         )
     )
     for a in p.adaptive:
@@ -559,8 +564,13 @@ def _finish(
         "traits": asdict(p.traits),
         "data": {"source": p.data.source, "n": len(p.data.examples)},
         "protocol": {
-            "preset": req.preset.name,
-            "description": req.preset.description,
+            "preset": req.protocol_name,
+            "definitions_from": req.preset.name,
+            "description": (
+                "explicit attack list: " + "; ".join(q.description for q in p.plans)
+                if req.explicit
+                else req.preset.description
+            ),
             "norm": req.norm,
             "eps": [b.label for b in p.budgets],
             "attacks": [q.describe() for q in p.plans],

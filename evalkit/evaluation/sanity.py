@@ -310,8 +310,10 @@ def run_checks(
             if queries < SQUARE_MIN_QUERIES:
                 n = min(n, share // (SQUARE_MIN_QUERIES + draws + 3))
                 queries = SQUARE_MIN_QUERIES
-            if n < min(4, len(alive)):
-                flags.append(over_budget("Square probe", 4 * SQUARE_MIN_QUERIES * draws, share))
+            least = min(2, len(alive))
+            if n < least:
+                need = least * (SQUARE_MIN_QUERIES + draws + 3)
+                flags.append(over_budget(f"Square probe at eps {bud.label}", need, share))
                 continue
             plan = square_probe_plan(queries)
             if not any(p.id == plan.id for p in probes):  # one row per eps, not one per probe

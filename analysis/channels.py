@@ -1,4 +1,4 @@
-"""Channel activation magnitude and uniformity (CAS, Bai et al. 2021, Figures 1-2; seeds.md 1c).
+"""Channel activation magnitude and uniformity (CAS, Bai et al. 2021, Figures 1-2).
 
 For natural test images and their PGD versions, take each channel's spatial-mean activation
 ``f[i, c]`` at one layer (default: the penultimate block, before any CAS/CIFS mask). Channel c

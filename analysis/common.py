@@ -24,7 +24,7 @@ from evalkit.checkpoint import CheckpointMeta
 from evalkit.defenses.context import has_aux_heads
 from evalkit.utils.seeding import derive_seed, make_generator
 
-# the CAS activation-analysis recipe (seeds.md 1c): PGD-20, eps 8/255, step 0.003, random start
+# the CAS activation-analysis recipe (the paper's own setting): PGD-20, eps 8/255, step 0.003, random start
 PAPER_STEPS = 20
 PAPER_STEP_SIZE = 0.003
 

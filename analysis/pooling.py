@@ -1,4 +1,4 @@
-"""Feature-map size and pooling study (RCM, arXiv 2202.12435; seeds.md 5).
+"""Feature-map size and pooling study (RCM, arXiv 2202.12435).
 
 RCM's claim: a larger feature map before *average* pooling resists perturbations better, while
 max pooling does not benefit. The argument is per example: global average pooling divides a

@@ -1,4 +1,4 @@
-"""SAP under EOT (Dhillon et al. 2018; Athalye et al. 2018; seeds.md 4).
+"""SAP under EOT (Dhillon et al. 2018; Athalye et al. 2018).
 
 Stochastic activation pruning looks robust to an attacker who takes one gradient sample per
 step; averaging the attack loss over n stochastic forward passes (EOT) estimates the gradient of

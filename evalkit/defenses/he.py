@@ -2,7 +2,7 @@
 
 The final linear layer becomes a cosine classifier: features and weight rows are
 L2-normalised *inside* the autograd graph (``F.normalize``; the official code overwrites
-``weight.data`` outside autograd instead, see seeds.md 3c.3; we chose the differentiable form
+``weight.data`` outside autograd instead, as the authors' code does; we chose the differentiable form
 so gradients and weight decay see the same normalised weights), there is no bias, and the logits
 are ``s * cos(theta)``, so ``|logits| <= s`` (flag ``bounded_logits``: the harness then adds
 margin/DLR attacks, since CE-PGD overstates HE, AT_HE issue #1).

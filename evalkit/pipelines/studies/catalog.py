@@ -134,7 +134,7 @@ def analyze_step(
     )
 
 
-# The CIFS paper adversarially trains from a naturally trained CIFS model (seeds.md §2a); from
+# The CIFS paper adversarially trains from a naturally trained CIFS model (the paper's own setting); from
 # scratch AT+CIFS diverged here in its first epochs (clean accuracy ~41% after 8 epochs).
 CIFS_NAT = ModelDef("cifs_nat", "cifs")
 STD, AT, AT_CAS, AT_CIFS, AT_HE = (

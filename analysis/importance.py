@@ -1,4 +1,4 @@
-"""CIFS channel importance on natural vs adversarial inputs (Yan et al. 2021, 2c).
+"""CIFS channel importance on natural vs adversarial inputs (Yan et al. 2021).
 
 Each CIFS module computes a mask ``m = softmax_c(relevance)`` over channels (sums to the mask
 scale, 1 by default) and stores it as ``last_mask`` (N, C) on every forward. This study records

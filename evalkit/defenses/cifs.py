@@ -13,7 +13,7 @@ gradient is taken with ``create_graph=True`` so the probe learns through the mas
 ``f * m`` and the probe logits on the live ``f`` are the auxiliary logits (loss
 ``cifs_beta * mean CE(probes)``, beta = 2).
 
-Pitfall (the paper's own setting): because the mask is computed on *detached* features, input gradients
+Pitfall: because the mask is computed on *detached* features, input gradients
 treat it as a constant (BPDA-like). ``cifs_adaptive=true`` differentiates through the mask
 instead (gradient of the relevance taken on the live features with ``create_graph``), for an
 adaptive evaluation; it changes only gradients, never the forward values.

@@ -197,8 +197,18 @@ def test_probability_outputs_get_a_one_line_message(tmp_path, capsys):
     )
     argv = ["attack", "--model", f"{src}:build", "--dataset", "fashion-mnist-mini", "--n", "4"]
     rc, err = run_cli([*argv, "--out", str(tmp_path / "r"), "--device", "cpu"], capsys)
-    assert rc == 2 and "probabilities" in err, err
+    assert rc == 2 and "probabilities" in err and "--output log" in err, err
     assert one_line(err), err
+    # the fix the message names works from the CLI and from the API; a bad mode is one line too
+    rc, err = run_cli([*argv, "--output", "bogus", "--out", str(tmp_path / "b")], capsys)
+    assert rc == 2 and "output mode" in err and one_line(err), err
+    fixed = [*argv, "--output", "log", "--attacks", "fgsm", "--no-sanity", "--no-progress"]
+    rc, err = run_cli([*fixed, "--out", str(tmp_path / "ok"), "--device", "cpu"], capsys)
+    assert rc == 0, err
+    summary = json.loads((tmp_path / "ok" / "summary.json").read_text())
+    assert summary["clean_accuracy"] is not None
+    res = evaluate(Probabilities(), (x, y), attacks="fgsm", output="log", **QUIET)
+    assert 0.0 <= res.clean_accuracy <= 1.0
 
 
 def test_non_logit_outputs_are_refused():

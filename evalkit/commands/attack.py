@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         normalize=args.normalize,
         force_normalize=args.force_normalize,
+        output=args.output,
         data_root=args.data_root,
         download=args.download,
         adapt_for={t.strip(): True for t in (args.adapt_for or "").split(",") if t.strip()},

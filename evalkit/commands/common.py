@@ -35,7 +35,8 @@ def add_model_options(
     p: argparse.ArgumentParser, *, multiple: bool = False, model_spec: bool = False
 ) -> None:
     """--ckpt plus what a foreign state_dict needs (--arch, --dataset, --normalize) and --defense;
-    with ``model_spec`` also --model (any architecture), --force-normalize and --param."""
+    with ``model_spec`` also --model (any architecture), --force-normalize, --output and
+    --param."""
     if model_spec:
         p.add_argument(
             "--ckpt",
@@ -55,6 +56,13 @@ def add_model_options(
             "--force-normalize",
             action="store_true",
             help="let --normalize replace the normalization a checkpoint records",
+        )
+        p.add_argument(
+            "--output",
+            default="auto",
+            metavar="MODE",
+            help="how to read a --model's logits: auto (default), first (tuple/list output), "
+            "key:NAME (dict output) or log (the model returns probabilities)",
         )
         p.add_argument(
             "--param",

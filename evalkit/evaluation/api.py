@@ -225,6 +225,7 @@ def evaluate(
     dataset: str | None = None,
     normalize: Any = None,
     force_normalize: bool = False,
+    output: str = "auto",
     data_root: str | Path | None = None,
     download: bool = False,
     adapt_for: dict[str, bool] | None = None,
@@ -254,6 +255,9 @@ def evaluate(
         out: run directory (None: in memory). resume: continue ``out`` after a kill; refused
             when the model, data, protocol or versions changed.
         weights: weights file for a ``pkg.module:factory`` / ``file.py:factory`` model.
+        output: how to read a loaded model's logits: ``auto``, ``first`` (tuple/list),
+            ``key:NAME`` (dict) or ``log`` (probabilities; their log is used). For an
+            ``nn.Module`` use :func:`evalkit.wrap` instead.
         defense, params: test-time defense to add (e.g. ``sap``) and defense parameters
             (e.g. ``{"cifs_adaptive": True}``).
         adapt_for: traits to adapt to in addition to the model's own, e.g.
@@ -302,6 +306,7 @@ def evaluate(
             dataset=dataset,
             normalize=_parse_normalize(normalize),
             force_normalize=force_normalize,
+            output=output,
             defense=defense,
             params=params,
         ),

@@ -62,6 +62,7 @@ def resolve_model(
     dataset: str | None = None,
     normalize: tuple[list[float], list[float]] | None = None,
     force_normalize: bool = False,
+    output: str = "auto",
     defense: str | None = None,
     params: dict[str, Any] | None = None,
     device: torch.device,
@@ -72,6 +73,10 @@ def resolve_model(
             from evalkit.defenses import apply_defenses, parse_spec
 
             model = apply_defenses(model, parse_spec(defense, params or {}))
+        if output not in ("auto", None):
+            from evalkit.models.wrap import wrap
+
+            model = wrap(model, output=output)
         return ModelInput(
             model.to(device),
             {"arch": type(model).__name__, "source": "python module", "defense": defense},
@@ -96,6 +101,7 @@ def resolve_model(
         dataset=dataset,
         normalize=normalize,
         force_normalize=force_normalize,
+        output=output,
         defense=defense,
         params=params,
         device=device,

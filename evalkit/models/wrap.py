@@ -234,7 +234,7 @@ def probe_model(
     if mode != "log" and looks_like_probabilities(out):
         raise EvalkitError(
             "the model returns probabilities (rows >= 0 summing to 1), but evalkit needs logits: "
-            "remove the final softmax, or pass output='log' (log-probabilities; may mask gradients)"
+            "remove the final softmax, or pass output='log' / --output log (may mask gradients)"
         )
     if mode == "log" and not looks_like_probabilities(out.exp()):
         raise EvalkitError(

@@ -32,6 +32,36 @@ def test_unknown_study_is_one_line(capsys):
     assert "unknown study 'nope'" in err and len(err.splitlines()) == 1
 
 
+def test_index_shows_intervals_seeds_and_what_was_not_measured(tmp_path):
+    """The published index renders each verdict with its interval and seeds, and names every
+    (study, scale) of the catalog that has no findings, so a missing scale is never implied."""
+    from evalkit.pipelines.studies.runner import write_index
+
+    rec = {
+        "study": "he",
+        "scale": "cpu",
+        "seeds": [0, 1, 2],
+        "command": "evalkit study he --scale cpu --fresh",
+        "findings": [
+            {
+                "claim": "HE helps",
+                "verdict": "inconclusive",
+                "effect": 0.01,
+                "interval": [-0.02, 0.04],
+            }
+        ],
+    }
+    (tmp_path / "he" / "cpu").mkdir(parents=True)
+    (tmp_path / "he" / "cpu" / "findings.json").write_text(json.dumps(rec))
+    write_index(tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    row = next(line for line in text.splitlines() if "HE helps" in line)
+    assert "**inconclusive**" in row and "+0.0100 [-0.0200, +0.0400]" in row and "0,1,2" in row
+    missing = text.split("Not published", 1)[1]
+    assert "`cpu`: channels, cas-cifs, sap-eot, pooling" in missing
+    assert "`medium`: channels, cas-cifs, he" in missing and "`gpu`" in missing
+
+
 @pytest.mark.slow
 def test_smallest_study_end_to_end(tmp_path):
     argv = ["study", "sap-eot", "--scale", "cpu", "--epochs", "1", "--seeds", "0,1"]

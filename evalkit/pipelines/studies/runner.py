@@ -525,7 +525,41 @@ def write_index(root: Path) -> None:
                 f"| {first} | {scale} | {seeds if i == 0 else ''} | {f['claim']} | "
                 f"**{f['verdict']}** | {_interval_text(f)} | {cmd} |"
             )
+    lines += _unpublished_lines(root)
     atomic_write_text(root / "README.md", "\n".join(lines) + "\n")
+
+
+# why a scale may be missing from the index; the costs are the catalog's measured ones
+SCALE_NEEDS = {
+    "medium": "hours of CPU per model on the full Fashion-MNIST (about 20 min per PGD-AT epoch "
+    "per model on 2 cores; see `evalkit/pipelines/studies/catalog.py`), so tens of CPU-hours "
+    "for a study's models times 3 seeds",
+    "gpu": "a CUDA device (add `--device cuda`)",
+}
+
+
+def _unpublished_lines(root: Path) -> list[str]:
+    """The (study, scale) pairs of the catalog with no findings under ``root``: what a reader
+    must not assume was measured, with the command that would measure it."""
+    missing: dict[str, list[str]] = {}
+    for study in STUDIES.values():
+        for scale in study.scales:
+            if not (root / study.name / scale / "findings.json").exists():
+                missing.setdefault(scale, []).append(study.name)
+    if not missing:
+        return []
+    lines = [
+        "",
+        "Not published (nothing was measured at these scales, so no verdict holds there):",
+        "",
+    ]
+    for scale, names in missing.items():
+        need = SCALE_NEEDS.get(scale, "")
+        lines.append(
+            f"- `{scale}`: {', '.join(names)}" + (f" — needs {need}" if need else "") + "; run "
+            f"`evalkit study NAME --scale {scale} --fresh --publish {root.as_posix()}`."
+        )
+    return lines
 
 
 def list_studies() -> str:

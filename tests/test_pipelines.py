@@ -123,6 +123,30 @@ def test_new_checkpoint_bytes_recompute_every_step_that_used_them(tmp_path):
     assert [k for k, _ in CALLS] == ["fake_train", "fake_use", "fake_use"]
 
 
+def test_other_code_recomputes_every_step(tmp_path):
+    """A result computed by other evalkit code is not current: a different source digest makes
+    every step run again, and the record names the digest that produced it."""
+    steps, _ = _pipeline(tmp_path)
+    assert _run(steps, code_sha="a" * 64) == ["computed"] * 4
+    assert _run(steps, code_sha="a" * 64) == ["reused"] * 4
+    assert _run(steps, code_sha="b" * 64) == ["computed"] * 4
+    assert read_record(steps[1].out)["code_sha256"] == "b" * 64
+
+
+def test_source_digest_follows_the_bytes_of_the_code(tmp_path, monkeypatch):
+    from evalkit.evaluation.fingerprint import source_sha256
+
+    pkg = tmp_path / "toypkg_for_digest"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = source_sha256(("toypkg_for_digest",))
+    (pkg / "__init__.py").write_text("X = 2\n")
+    source_sha256.cache_clear()
+    assert source_sha256(("toypkg_for_digest",)) != first
+    assert len(source_sha256()) == 64
+
+
 def test_changed_arguments_or_data_recompute(tmp_path, monkeypatch):
     steps, _ = _pipeline(tmp_path)
     _run(steps)

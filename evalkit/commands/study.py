@@ -14,8 +14,8 @@ examples:
   evalkit study cas-cifs --scale medium --data-root DIR_WITH_FASHION_MNIST
   evalkit study cas-cifs --scale gpu --device cuda --out runs/studies-gpu
 
-A step (training, evaluation, analysis) is reused only when its arguments and the bytes of its
-inputs (checkpoints, data) are unchanged; --fresh recomputes everything. Scales and steps:
+A step (training, evaluation, analysis) is reused only when its arguments, the bytes of its
+inputs (checkpoints, data) and evalkit's code are unchanged; --fresh recomputes everything. Scales and steps:
 docs/studies/README.md.
 """
 

@@ -7,12 +7,16 @@ data files. Fingerprints are sha256 hex digests of
 * a file's bytes (:func:`file_sha256`), for checkpoints and data files;
 * a model's parameters and buffers in ``state_dict`` order, names and dtypes included
   (:func:`module_sha256`), so any ``nn.Module`` built in Python is covered too;
-* evaluation tensors ``x`` and ``y`` (:func:`tensors_sha256`).
+* evaluation tensors ``x`` and ``y`` (:func:`tensors_sha256`);
+* the code that computes results (:func:`source_sha256`): evalkit's and its analyses' Python
+  sources, so a study step computed by other code is never reused as if it were current.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -51,4 +55,21 @@ def tensors_sha256(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
         _update(h, t)
+    return h.hexdigest()
+
+
+@functools.cache
+def source_sha256(packages: tuple[str, ...] = ("evalkit", "analysis")) -> str:
+    """sha256 over every ``.py`` file (relative path and bytes, sorted) of the installed
+    ``packages``; computed once per process. A package that cannot be found counts by name, so
+    the digest still changes if it appears later."""
+    h = hashlib.sha256()
+    for name in packages:
+        spec = importlib.util.find_spec(name)
+        roots = list(spec.submodule_search_locations or []) if spec else []
+        h.update(f"package:{name}:{len(roots)}|".encode())
+        for root in map(Path, roots):
+            for f in sorted(root.rglob("*.py")):
+                h.update(f"{f.relative_to(root).as_posix()}|".encode())
+                h.update(f.read_bytes())
     return h.hexdigest()

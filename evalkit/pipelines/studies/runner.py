@@ -2,9 +2,11 @@
 claims, and write ``findings.json``, ``FINDINGS.md`` and ``report.html``.
 
 Every step is a Python call (:class:`~evalkit.pipelines.studies.steps.Step`). Its *identity*
-is the sha256 of its function name, its full keyword arguments (JSON) and the sha256 of every
-input: the bytes of each input file (checkpoints, data files) and the contents of each named
-dataset split. A step is reused only when the record it left (``<out>.step.json``, beside its
+is the sha256 of its function name, its full keyword arguments (JSON), the sha256 of every
+input (the bytes of each input file — checkpoints, data files — and the contents of each named
+dataset split) and the sha256 of the code that computes it (evalkit's and ``analysis``'s Python
+sources, :func:`~evalkit.evaluation.fingerprint.source_sha256`): a result from other code is
+never reused as current. A step is reused only when the record it left (``<out>.step.json``, beside its
 output folder) holds the same identity, says it finished, and its output files still have the
 bytes it recorded; otherwise it is recomputed from an empty folder (an interrupted training or
 evaluation with the same identity is resumed). So a retrained checkpoint — new bytes — makes
@@ -99,8 +101,12 @@ class StepRunner:
         fresh: bool = False,
         progress: bool = False,
         say: Callable[[str], None] | None = None,
+        code_sha: str | None = None,
     ) -> None:
+        from evalkit.evaluation.fingerprint import source_sha256
+
         self.fresh = fresh
+        self.code_sha = code_sha or source_sha256()
         self.progress = progress
         self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
         self.computed: set[str] = set()  # identities computed by this runner
@@ -137,15 +143,16 @@ class StepRunner:
         return self._data_sha[ref.key()]
 
     def identity(self, step: Step) -> tuple[str, dict[str, str]]:
-        """``(identity, inputs)``: sha256 over the function name, the JSON arguments and the
-        sha256 of every input file and dataset split (``inputs``: name -> sha256)."""
+        """``(identity, inputs)``: sha256 over the function name, the JSON arguments, the
+        sha256 of every input file and dataset split (``inputs``: name -> sha256) and of the
+        code (``code_sha``)."""
         import hashlib
 
         kind = step.kind
         kw = dict(step.kwargs)
         inputs = {f"file:{f}": self.file_sha(f) for f in kind.files(kw)}
         inputs |= {f"data:{r.key()}": self.data_sha(r) for r in kind.data(kw)}
-        doc = {"fn": step.fn, "kwargs": kw, "inputs": inputs}
+        doc = {"fn": step.fn, "kwargs": kw, "inputs": inputs, "code": self.code_sha}
         try:
             text = json.dumps(doc, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -218,6 +225,7 @@ class StepRunner:
             "identity": identity,
             "started": started,
             "evalkit_version": __version__,
+            "code_sha256": self.code_sha,
         }
         atomic_write_json(record_path(step.out), base | {"status": "running"})
         t0 = time.perf_counter()
@@ -385,7 +393,7 @@ def findings_markdown(
     lines += [
         "",
         "Steps, as equivalent command lines (in order; each is rerun only when its arguments or "
-        "the bytes of its inputs change), with their wall time:",
+        "the bytes of its inputs or evalkit's code change), with their wall time:",
         "",
         "```bash",
     ]
@@ -526,6 +534,15 @@ def write_index(root: Path) -> None:
                 f"**{f['verdict']}** | {_interval_text(f)} | {cmd} |"
             )
     lines += _unpublished_lines(root)
+    lines += ["", "Scales (every model is trained with each of the training seeds):", ""]
+    lines += [f"- `{s.name}`: {s.notes}." for s in SCALES.values()]
+    lines += [
+        "",
+        "A step (training, evaluation, analysis) is reused only when its arguments, the sha256 "
+        "of its inputs (checkpoints, data) and the sha256 of evalkit's code are unchanged; "
+        "`--fresh` recomputes everything. Each study's `FINDINGS.md` lists its steps as command "
+        "lines with their measured wall time.",
+    ]
     atomic_write_text(root / "README.md", "\n".join(lines) + "\n")
 
 
@@ -534,8 +551,9 @@ SCALE_NEEDS = {
     "medium": "hours of CPU per model on the full Fashion-MNIST (about 20 min per PGD-AT epoch "
     "per model on 2 cores; see `evalkit/pipelines/studies/catalog.py`), so tens of CPU-hours "
     "for a study's models times 3 seeds",
-    "gpu": "a CUDA device (add `--device cuda`)",
+    "gpu": "a CUDA device",
 }
+SCALE_ARGS = {"gpu": " --device cuda"}
 
 
 def _unpublished_lines(root: Path) -> list[str]:
@@ -557,7 +575,8 @@ def _unpublished_lines(root: Path) -> list[str]:
         need = SCALE_NEEDS.get(scale, "")
         lines.append(
             f"- `{scale}`: {', '.join(names)}" + (f" — needs {need}" if need else "") + "; run "
-            f"`evalkit study NAME --scale {scale} --fresh --publish {root.as_posix()}`."
+            f"`evalkit study NAME --scale {scale}{SCALE_ARGS.get(scale, '')} --fresh --publish "
+            f"{root.as_posix()}`."
         )
     return lines
 

@@ -144,6 +144,14 @@ def test_source_digest_follows_the_bytes_of_the_code(tmp_path, monkeypatch):
     (pkg / "__init__.py").write_text("X = 2\n")
     source_sha256.cache_clear()
     assert source_sha256(("toypkg_for_digest",)) != first
+    # files that only orchestrate and judge studies are left out: editing them reuses steps
+    (pkg / "judging").mkdir()
+    (pkg / "judging" / "rules.py").write_text("R = 1\n")
+    source_sha256.cache_clear()
+    kept = source_sha256(("toypkg_for_digest",), exclude=("toypkg_for_digest/judging/",))
+    (pkg / "judging" / "rules.py").write_text("R = 2\n")
+    source_sha256.cache_clear()
+    assert source_sha256(("toypkg_for_digest",), exclude=("toypkg_for_digest/judging/",)) == kept
     assert len(source_sha256()) == 64
 
 

@@ -58,11 +58,25 @@ def tensors_sha256(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+# orchestration that decides which steps run (their arguments are keyed separately) and judges
+# their results afresh on every run; it computes no step's result, so editing it reuses them
+NOT_STEP_CODE = (
+    "evalkit/pipelines/studies/runner.py",
+    "evalkit/pipelines/studies/catalog.py",
+    "evalkit/pipelines/studies/spec.py",
+    "evalkit/pipelines/studies/__init__.py",
+    "analysis/studies/",
+)
+
+
 @functools.cache
-def source_sha256(packages: tuple[str, ...] = ("evalkit", "analysis")) -> str:
-    """sha256 over every ``.py`` file (relative path and bytes, sorted) of the installed
-    ``packages``; computed once per process. A package that cannot be found counts by name, so
-    the digest still changes if it appears later."""
+def source_sha256(
+    packages: tuple[str, ...] = ("evalkit", "analysis"), exclude: tuple[str, ...] = NOT_STEP_CODE
+) -> str:
+    """sha256 over every ``.py`` file (path relative to the package's parent, and bytes, sorted)
+    of the installed ``packages``, leaving out paths that start with an ``exclude`` entry;
+    computed once per process. A package that cannot be found counts by name, so the digest
+    still changes if it appears later."""
     h = hashlib.sha256()
     for name in packages:
         spec = importlib.util.find_spec(name)
@@ -70,6 +84,9 @@ def source_sha256(packages: tuple[str, ...] = ("evalkit", "analysis")) -> str:
         h.update(f"package:{name}:{len(roots)}|".encode())
         for root in map(Path, roots):
             for f in sorted(root.rglob("*.py")):
-                h.update(f"{f.relative_to(root).as_posix()}|".encode())
+                rel = f"{name}/{f.relative_to(root).as_posix()}"
+                if rel.startswith(exclude):
+                    continue
+                h.update(f"{rel}|".encode())
                 h.update(f.read_bytes())
     return h.hexdigest()

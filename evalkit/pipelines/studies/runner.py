@@ -5,8 +5,9 @@ Every step is a Python call (:class:`~evalkit.pipelines.studies.steps.Step`). It
 is the sha256 of its function name, its full keyword arguments (JSON), the sha256 of every
 input (the bytes of each input file — checkpoints, data files — and the contents of each named
 dataset split) and the sha256 of the code that computes it (evalkit's and ``analysis``'s Python
-sources, :func:`~evalkit.evaluation.fingerprint.source_sha256`): a result from other code is
-never reused as current. A step is reused only when the record it left (``<out>.step.json``, beside its
+sources less the study orchestration and judges,
+:func:`~evalkit.evaluation.fingerprint.source_sha256`): a result from other code is never reused
+as current, while a judge edited after a run re-judges the same measurements. A step is reused only when the record it left (``<out>.step.json``, beside its
 output folder) holds the same identity, says it finished, and its output files still have the
 bytes it recorded; otherwise it is recomputed from an empty folder (an interrupted training or
 evaluation with the same identity is resumed). So a retrained checkpoint — new bytes — makes

@@ -135,15 +135,30 @@ def test_bootstrap_coverage_of_a_paired_difference():
 def test_across_seeds_by_hand():
     z = z_value()
     per = [Interval(e, e - 0.05, e + 0.05, 500, "x") for e in (0.50, 0.54, 0.58)]
+    v1 = (0.05 / z) ** 2  # each seed's point variance
+    spread = np.var([0.50, 0.54, 0.58], ddof=1)  # 0.0016
+    # without per-point data the test-point noise is taken as fully shared (V_avg = V_1): the
+    # seed part is the whole spread, and its df is Satterthwaite's
     res = across_seeds(per)
-    seed_se = np.std([0.50, 0.54, 0.58], ddof=1) / math.sqrt(3)
-    point_se = 0.05 / z
-    half = t_value(2) * math.sqrt(seed_se**2 + point_se**2)
+    var = v1 + spread / 3
+    df = 2 * (var / (spread / 3)) ** 2
+    half = t_value(df) * math.sqrt(var)
     assert res.estimate == pytest.approx(0.54)
     assert (res.lo, res.hi) == (pytest.approx(0.54 - half), pytest.approx(0.54 + half))
     assert res.seeds == 3 and res.n == 500
-    # a given point-level SE replaces the per-seed average
-    assert across_seeds(per, point_se=0.0).hi == pytest.approx(0.54 + t_value(2) * seed_se)
+    # a smaller shared point SE: the seeds' own noise, 3 (V_1 - V_avg) / 2, leaves the spread
+    v_avg = v1 / 3  # independent point noise: averaging 3 seeds divides it by 3
+    own = 3 * (v1 - v_avg) / 2  # = V_1, i.e. 0.000651 < 0.0016
+    seed_part = (spread - own) / 3
+    var = v_avg + seed_part
+    half = t_value(2 * (var / seed_part) ** 2) * math.sqrt(var)
+    assert across_seeds(per, point_se=math.sqrt(v_avg)).hi == pytest.approx(0.54 + half)
+    # seeds that agree exactly: no seed part, normal quantile, the shared point error only
+    same = [Interval(0.5, 0.45, 0.55, 500, "x")] * 3
+    iv = across_seeds(same, point_se=0.02)
+    assert iv.hi - iv.estimate == pytest.approx(t_value(1000) * 0.02)
+    # a point SE above the per-seed one is capped at it (V_avg <= V_1 by construction)
+    assert across_seeds(same, point_se=1.0).hi == pytest.approx(across_seeds(same).hi)
     # one seed: unchanged
     assert across_seeds(per[:1]) == per[0]
 
@@ -159,6 +174,38 @@ def test_seed_arrays_widen_the_interval_when_seeds_disagree():
     assert (p_dis.hi - p_dis.lo) > 2 * (p_agree.hi - p_agree.lo)
     d = paired_bootstrap_diff(disagree, np.zeros_like(disagree))
     assert d.seeds == 3 and d.lo < d.estimate < d.hi
+
+
+def test_three_seeds_of_one_model_are_no_wider_than_one_seed():
+    """Three identical training runs carry no seed spread: the combined interval is one seed's
+    (the earlier rule counted the point noise twice and made it 2-3 times wider)."""
+    rng = np.random.default_rng(3)
+    a = (rng.random(500) < 0.6).astype(float)
+    b = (rng.random(500) < 0.5).astype(float)
+    one = paired_bootstrap_diff(a, b)
+    three = paired_bootstrap_diff(np.stack([a, a, a]), np.stack([b, b, b]))
+    assert three.seeds == 3
+    assert (three.hi - three.lo) == pytest.approx(one.hi - one.lo, rel=0.1)
+
+
+@pytest.mark.slow
+def test_seed_interval_coverage_in_simulated_studies():
+    """150 simulated 3-seed studies (n = 500 points, true gain 0.04, seed sd 0.01): the paired
+    interval covers the true gain about 95% of the time and is narrower than one seed's."""
+    rng = np.random.default_rng(1)
+    gain, covered, widths = 0.04, 0, []
+    for _ in range(150):
+        p = rng.beta(2, 2, 500)
+        rows_a, rows_b = [], []
+        for _ in range(3):
+            pa = np.clip(p + gain + rng.normal(0, 0.01), 0, 1)
+            rows_a.append((rng.random(500) < pa).astype(float))
+            rows_b.append((rng.random(500) < p).astype(float))
+        iv = paired_bootstrap_diff(np.array(rows_a), np.array(rows_b), resamples=500)
+        covered += iv.lo <= gain <= iv.hi
+        widths.append(iv.hi - iv.lo)
+    assert 0.88 <= covered / 150 <= 0.995
+    assert np.mean(widths) < 0.1  # one seed's interval at n = 500 is about 0.11 wide
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -188,6 +235,9 @@ def test_verdict_table(lo, hi, direction, paper, expected):
 def test_verdict_rejects_bad_direction():
     with pytest.raises(ValueError):
         verdict(iv(0.1, 0.2), direction=0)
+    # a paper effect on the other side of the claim is a typo in the table, not a verdict
+    with pytest.raises(ValueError, match="claimed side"):
+        verdict(iv(0.1, 0.2), direction=+1, paper_effect=-0.05)
 
 
 def test_at_most_guard_and_combine():

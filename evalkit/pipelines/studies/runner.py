@@ -446,7 +446,7 @@ def run_study(
         "scale": scale.name,
         "scale_config": scale.describe(),
         "seeds": list(scale.seeds),
-        "device": str(device),
+        "device": _device_text(device),
         "wall_time_s": time.perf_counter() - t0,
         "compute_time_s": sum(t for t in times if t is not None),
         "steps_total": len(outcomes),
@@ -474,6 +474,16 @@ def run_study(
         _publish(ctx.out, Path(publish) / name / scale.name, root)
         write_index(Path(publish))
     return findings
+
+
+def _device_text(device: str) -> str:
+    """The device the steps ran on, resolved (``auto`` -> ``cpu``/``cuda``)."""
+    from evalkit.utils.device import resolve_device
+
+    try:
+        return str(resolve_device(device))
+    except EvalkitError:
+        return str(device)
 
 
 def _report(
@@ -519,21 +529,8 @@ def write_index(root: Path) -> None:
         "training seeds. Open a study's `report.html` for the tables and plots, `FINDINGS.md` for",
         "the steps and their measured wall time.",
         "",
-        "| study | scale | seeds | claim | verdict | effect [interval] | regenerate |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for path in sorted(root.glob("*/*/findings.json")):
-        rec = json.loads(path.read_text())
-        rel = path.parent.relative_to(root)
-        seeds = ",".join(str(s) for s in rec.get("seeds", []))
-        for i, f in enumerate(rec["findings"]):
-            first = f"[{rec['study']}]({rel}/FINDINGS.md)" if i == 0 else ""
-            cmd = f"`{rec['command']}`" if i == 0 else ""
-            scale = rec["scale"] if i == 0 else ""
-            lines.append(
-                f"| {first} | {scale} | {seeds if i == 0 else ''} | {f['claim']} | "
-                f"**{f['verdict']}** | {_interval_text(f)} | {cmd} |"
-            )
+    lines += verdict_table(root)
     lines += _unpublished_lines(root)
     lines += ["", "Scales (every model is trained with each of the training seeds):", ""]
     lines += [f"- `{s.name}`: {s.notes}." for s in SCALES.values()]
@@ -545,6 +542,30 @@ def write_index(root: Path) -> None:
         "lines with their measured wall time.",
     ]
     atomic_write_text(root / "README.md", "\n".join(lines) + "\n")
+
+
+def verdict_table(root: Path, link_prefix: str = "") -> list[str]:
+    """Markdown table of every published verdict under ``root`` (``*/*/findings.json``): study,
+    scale, training seeds, claim, verdict, effect with its interval, regenerate command. Links
+    to each FINDINGS.md are prefixed with ``link_prefix`` (the README links into
+    ``docs/studies/``)."""
+    lines = [
+        "| study | scale | seeds | claim | verdict | effect [interval] | regenerate |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in sorted(root.glob("*/*/findings.json")):
+        rec = json.loads(path.read_text())
+        rel = path.parent.relative_to(root).as_posix()
+        seeds = ",".join(str(s) for s in rec.get("seeds", []))
+        for i, f in enumerate(rec["findings"]):
+            first = f"[{rec['study']}]({link_prefix}{rel}/FINDINGS.md)" if i == 0 else ""
+            cmd = f"`{rec['command']}`" if i == 0 else ""
+            scale = rec["scale"] if i == 0 else ""
+            lines.append(
+                f"| {first} | {scale} | {seeds if i == 0 else ''} | {f['claim']} | "
+                f"**{f['verdict']}** | {_interval_text(f)} | {cmd} |"
+            )
+    return lines
 
 
 # why a scale may be missing from the index; the costs are the catalog's measured ones
@@ -598,5 +619,6 @@ __all__ = [
     "run_study",
     "scale_for",
     "train_step",
+    "verdict_table",
     "write_index",
 ]

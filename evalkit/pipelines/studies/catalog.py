@@ -6,14 +6,13 @@ with seeds 0, 1, 2):
 * ``cpu``: the small CNN (width 16) on the bundled 5,000/1,000 Fashion-MNIST subset.
 * ``medium``: ResNet-18 at width 16 (a quarter of the channels) on the full Fashion-MNIST
   (60,000/10,000; ``fashion-mnist``, found in evalkit's data folder or
-  ``/usr/share/datasets/fashion-mnist``, else pass ``--data-root``). Cost measured on one
-  quick epoch of 1,000 training images, one torch thread on a shared, loaded 2-core machine:
-  PGD-5 adversarial training 20 s (12 s at width 8; 51 s with PGD-7 under heavier load),
-  standard training 8.5 s; so about 20 min per epoch per AT model on the full split (a
-  4-epoch AT model ~80 min, a standard one ~35 min, ~5 h of training per seed for the
-  channel study's five models). Evaluation with ``study-cpu``: 25 s per 100 test images of a
-  weak model (more for a robust one, whose points survive more attacks); the channel
-  analysis (PGD-20): 26 s per 200 images per model. FINDINGS.md records each step's time.
+  ``/usr/share/datasets/fashion-mnist``, else pass ``--data-root``). Cost measured with
+  ``python bench/study_cost.py --scale medium --studies channels,cas-cifs --subset 300`` on an
+  otherwise idle 2-core machine (per-image cost from one epoch on 300 and on 600 images):
+  PGD-AT 7.2 ms per image (7 min per epoch on the full split; AT+CAS and AT+CIFS 6.3-6.4 ms),
+  standard training 1.4 ms (1.4 min per epoch); so 0.4-0.5 h per adversarially trained model
+  (4 epochs) and about 4.5 h of training for the channel and cas-cifs studies' five models
+  times three seeds, before evaluation (1,000 test images per model) and the analyses.
 * ``gpu``: ResNet-18 (width 64) on the full Fashion-MNIST, 15 epochs (the papers train
   100-200), the default protocol with AutoAttack standard.
 

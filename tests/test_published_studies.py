@@ -16,9 +16,7 @@ from evalkit.pipelines.studies.runner import verdict_table, write_index
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES_DIR = ROOT / "docs" / "studies"
 FINDINGS = sorted(STUDIES_DIR.glob("*/*/findings.json"))
-README_BLOCK = re.compile(
-    r"<!-- studies:start -->\n(.*?)\n<!-- studies:end -->", flags=re.DOTALL
-)
+README_BLOCK = re.compile(r"<!-- studies:start -->\n(.*?)\n<!-- studies:end -->", flags=re.DOTALL)
 
 
 def test_there_are_published_studies():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from analysis.studies.judges import MIN_TRAINING_SEEDS
-from evalkit.pipelines.studies.runner import verdict_table, write_index
+from evalkit.pipelines.studies.runner import _interval_text, verdict_table, write_index
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES_DIR = ROOT / "docs" / "studies"
@@ -36,6 +36,21 @@ def test_every_published_verdict_has_seeds_and_an_interval(path):
         if "interval" in f:
             lo, hi = f["interval"]
             assert lo <= f["effect"] <= hi
+
+
+@pytest.mark.parametrize("path", FINDINGS, ids=lambda p: f"{p.parent.parent.name}-{p.parent.name}")
+def test_findings_md_shows_the_recorded_verdicts(path):
+    """FINDINGS.md, the page a reader opens, states each verdict and interval of findings.json
+    and the command that regenerates them."""
+    rec = json.loads(path.read_text())
+    text = (path.parent / "FINDINGS.md").read_text()
+    assert f"Regenerate: `{rec['command']}`" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    for f in rec["findings"]:
+        head = f"| {f['claim']} | **{f['verdict']}** | {_interval_text(f)} |"
+        assert sum(r.startswith(head) for r in rows) == 1, head
+    computed = rec["steps_computed"]
+    assert f"{computed} computed in this run" in text
 
 
 def test_index_regenerates_from_the_findings(tmp_path):

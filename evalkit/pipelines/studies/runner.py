@@ -553,6 +553,7 @@ def verdict_table(root: Path, link_prefix: str = "") -> list[str]:
         "| study | scale | seeds | claim | verdict | effect [interval] | regenerate |",
         "|---|---|---|---|---|---|---|",
     ]
+    withheld = False
     for path in sorted(root.glob("*/*/findings.json")):
         rec = json.loads(path.read_text())
         rel = path.parent.relative_to(root).as_posix()
@@ -561,10 +562,22 @@ def verdict_table(root: Path, link_prefix: str = "") -> list[str]:
             first = f"[{rec['study']}]({link_prefix}{rel}/FINDINGS.md)" if i == 0 else ""
             cmd = f"`{rec['command']}`" if i == 0 else ""
             scale = rec["scale"] if i == 0 else ""
+            mark = ""
+            iv = f.get("interval")
+            if f["verdict"] == "inconclusive" and iv and (iv[0] > 0 or iv[1] < 0):
+                mark, withheld = " †", True
             lines.append(
                 f"| {first} | {scale} | {seeds if i == 0 else ''} | {f['claim']} | "
-                f"**{f['verdict']}** | {_interval_text(f)} | {cmd} |"
+                f"**{f['verdict']}**{mark} | {_interval_text(f)} | {cmd} |"
             )
+    if withheld:
+        lines += [
+            "",
+            "† The interval excludes 0, but a rule of the claim withholds the verdict: a "
+            "saturated measure (every model's channels nearly all active), or a second part of "
+            "the claim that is not shown (e.g. SAP's residual above the dense model is not "
+            "below the 5-point margin). The study's FINDINGS.md says which.",
+        ]
     return lines
 
 

@@ -7,12 +7,14 @@ with seeds 0, 1, 2):
 * ``medium``: ResNet-18 at width 16 (a quarter of the channels) on the full Fashion-MNIST
   (60,000/10,000; ``fashion-mnist``, found in evalkit's data folder or
   ``/usr/share/datasets/fashion-mnist``, else pass ``--data-root``). Cost measured with
-  ``python bench/study_cost.py --scale medium --studies channels,cas-cifs --subset 300`` on an
-  otherwise idle 2-core machine (per-image cost from one epoch on 300 and on 600 images):
-  PGD-AT 7.2 ms per image (7 min per epoch on the full split; AT+CAS and AT+CIFS 6.3-6.4 ms),
-  standard training 1.4 ms (1.4 min per epoch); so 0.4-0.5 h per adversarially trained model
-  (4 epochs) and about 4.5 h of training for the channel and cas-cifs studies' five models
-  times three seeds, before evaluation (1,000 test images per model) and the analyses.
+  ``python bench/study_cost.py --scale medium --studies channels,cas-cifs --subset 300
+  --repeats 2`` on an otherwise idle 2-core machine (per-image cost from one epoch on 300 and
+  on 600 images, the least of 2 timings; ``bench/results/study_cost_medium.json``): PGD-AT
+  6.7 ms per image (6.7 min per epoch on the full split; AT+CAS 6.7 ms, AT+CIFS 6.9 ms),
+  standard training 1.35 ms and natural CIFS 1.6 ms (1.3-1.6 min per epoch); so about 0.45 h
+  per adversarially trained model (4 epochs) and 4.7 h of training for the channel and cas-cifs
+  studies' five models times three seeds, before evaluation (1,000 test images per model) and
+  the analyses.
 * ``gpu``: ResNet-18 (width 64) on the full Fashion-MNIST, 15 epochs (the papers train
   100-200), the default protocol with AutoAttack standard.
 

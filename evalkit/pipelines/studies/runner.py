@@ -583,10 +583,11 @@ def verdict_table(root: Path, link_prefix: str = "") -> list[str]:
 
 # why a scale may be missing from the index; the costs are the catalog's measured ones
 SCALE_NEEDS = {
-    "medium": "about 4.5 h of training on 2 CPU cores for the channel and cas-cifs studies' "
+    "medium": "about 4.7 h of training on 2 CPU cores for the channel and cas-cifs studies' "
     "models alone (5 models x 3 seeds x 4 epochs; PGD-AT about 7 min per epoch on the full "
-    "split, measured by `python bench/study_cost.py --scale medium`), more than one sitting "
-    "of the machine these were made on",
+    "split, measured by `python bench/study_cost.py --scale medium`, "
+    "`bench/results/study_cost_medium.json`), more than one sitting of the machine these were "
+    "made on",
     "gpu": "a CUDA device",
 }
 SCALE_ARGS = {"gpu": " --device cuda"}

@@ -68,6 +68,29 @@ def pooled_features(
     return torch.cat(maps), torch.cat(pooled)
 
 
+def receptive_field(model: nn.Module, x: torch.Tensor) -> int:
+    """Measured receptive field of the final map in input pixels: the height of the region of
+    ``x`` (one image, ``(C, H, W)``) on which the centre location of the map before pooling
+    depends (nonzero input gradient, summed over channels). In-model upsampling shrinks it
+    relative to the image; the map size alone does not show that."""
+    pool = getattr(model, "pool", None)
+    if pool is None:
+        raise EvalkitError("model has no .pool module; the pooling study needs an evalkit model")
+    seen: list[torch.Tensor] = []
+    handle = pool.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0]))
+    probe = x[None].detach().clone().requires_grad_(True)
+    try:
+        with eval_mode(model), torch.enable_grad():
+            model(probe)
+            fmap = seen[-1]
+            fmap[0, :, fmap.shape[-2] // 2, fmap.shape[-1] // 2].sum().backward()
+    finally:
+        handle.remove()
+    rows = probe.grad[0].abs().sum(dim=(0, 2)) > 0  # (H,): rows the centre unit depends on
+    where = torch.nonzero(rows).flatten()
+    return int(where.max() - where.min() + 1) if len(where) else 0
+
+
 def change_stats(
     maps_nat: torch.Tensor,
     maps_adv: torch.Tensor,
@@ -140,6 +163,8 @@ def evaluate_entry(
         "map_hw": f"{mn.shape[-2]}x{mn.shape[-1]}",
         "strides": str(kw.get("strides", getattr(model, "default_strides", ""))),
         "upsample": int(getattr(getattr(model, "upsample", None), "factor", 1)),
+        "receptive_field": receptive_field(model, x[0].to(device)) if len(x) else 0,
+        "input_size": int(x.shape[-1]),
         "clean_accuracy": float(clean.float().mean()) if len(y) else float("nan"),
         "robust_accuracy": float(robust.float().mean()) if len(y) else float("nan"),
         **change_stats(mn, ma, pn, pa),
@@ -257,6 +282,7 @@ def pooling(
 
 
 __all__ = [
+    "receptive_field",
     "change_stats",
     "evaluate_entry",
     "pool_kind",

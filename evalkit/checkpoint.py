@@ -81,6 +81,7 @@ class CheckpointMeta:
     epoch: int | None = None
     foreign: bool = False
     path: str | None = None
+    health: dict[str, Any] | None = None  # training health of a plug-in defense, last epoch
 
     def describe(self) -> dict[str, Any]:
         """Plain-JSON summary for run directories and reports."""
@@ -100,6 +101,7 @@ class CheckpointMeta:
             "path": self.path,
             "train_config": self.train_config,
             "history": self.history,
+            "health": self.health,
         }
 
 
@@ -130,6 +132,7 @@ def save_checkpoint(
     history: list[dict[str, Any]] | None = None,
     epoch: int | None = None,
     extra: dict[str, Any] | None = None,
+    health: dict[str, Any] | None = None,
     factory: str | None = None,
     num_classes: int | None = None,
     in_channels: int | None = None,
@@ -163,6 +166,8 @@ def save_checkpoint(
         "history": list(history or []),
         "epoch": epoch,
     }
+    if health is not None:  # plug-in defenses: the last epoch's training health
+        payload["health"] = dict(health)
     cfg = getattr(model, "arch_config", None)
     if cfg:
         if input_size is None:
@@ -385,6 +390,7 @@ def read_meta(obj: Any, path: str | Path | None = None) -> CheckpointMeta:
         history=list(obj.get("history") or []),
         epoch=obj.get("epoch"),
         path=str(path) if path else None,
+        health=dict(obj["health"]) if isinstance(obj.get("health"), dict) else None,
     )
 
 

@@ -19,6 +19,7 @@ import jinja2
 from evalkit.utils.io import atomic_write_text
 from reports import plots
 from reports.analysis_view import analysis_context
+from reports.diagnostics_view import diagnostics_context, health_context
 from reports.fmt import MISSING, pct, pretty
 from reports.perclass import per_class_rows
 from reports.provenance import (
@@ -257,6 +258,8 @@ def run_context(run: RunData, anchor: str) -> dict[str, Any]:
         "card": _model_card(run),
         "protocol": _protocol(run),
         "pivot": _pivot(run),
+        "diagnostics": diagnostics_context(run),
+        "health": health_context(run),
         "details": _details(run),
         "eps_plot": plots.eps_curve(run),
         "per_class": [
@@ -389,6 +392,7 @@ def _finding_context(f: dict[str, Any]) -> dict[str, Any]:
         "verdict": str(f.get("verdict", "")),
         "css": re.sub(r"[^a-z]+", "-", str(f.get("verdict", "")).lower()),
         "explanation": str(f.get("explanation", "")),
+        "mechanism": str(f.get("mechanism", "")),
         "numbers": [(str(k), pretty(v)) for k, v in numbers.items() if not isinstance(v, dict)],
     }
 

@@ -132,12 +132,14 @@ class RunData:
 
     @property
     def results(self) -> list[dict[str, Any]]:
-        """Result rows, one per (attack, eps): a row repeated verbatim is shown once."""
+        """Result rows, one per (attack, eps): a row repeated verbatim is shown once. The masking
+        diagnostics' rows are left out (their breaks are in the worst case; their independent
+        numbers are shown in their own section, :mod:`reports.diagnostics_view`)."""
         rows = self.summary.get("results") or []
         out: list[dict[str, Any]] = []
         seen: set[tuple[str, float]] = set()
         for r in rows:
-            if not isinstance(r, dict) or "attack" not in r:
+            if not isinstance(r, dict) or "attack" not in r or r.get("diagnostic"):
                 continue
             key = (str(r["attack"]), eps_key(r))
             if key in seen:

@@ -30,6 +30,8 @@ from evalkit.errors import EvalkitError
 from evalkit.models import build_model
 from evalkit.models.wide_resnet import WideResNet
 
+TWO = "layer3,layer4"  # the two-site variant (smallcnn's default is layer4 alone)
+
 
 def small(spec: str | None = None, *, seed: int = 0, **params) -> nn.Module:
     torch.manual_seed(seed)
@@ -102,9 +104,10 @@ def test_cas_only_chosen_row_gets_mask_gradient() -> None:
 
 
 def test_cas_extra_loss_is_beta_mean_head_ce() -> None:
-    model = small("at+cas", cas_beta=3.0).train()
+    two = {"cas_beta": 3.0, "cas_sites": "layer3,layer4"}
+    model = small("at+cas", **two).train()
     x, y = batch()
-    params = plugin_params(parse_spec("at+cas", {"cas_beta": 3.0}))
+    params = plugin_params(parse_spec("at+cas", two))
     with label_context(model, y):
         logits = model(x)
         loss = get_plugin("cas").extra_loss(model, logits, y, params)
@@ -151,7 +154,7 @@ def test_labels_do_reach_label_conditioned_modules_in_training(spec: str) -> Non
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_cifs_masks_nonnegative_and_sum_to_one(mode: str) -> None:
-    model = small("at+cifs").train(mode == "train")
+    model = small("at+cifs", cifs_sites="layer3,layer4").train(mode == "train")
     x, y = batch()
     with label_context(model, y):
         model(x)
@@ -203,7 +206,7 @@ def test_cifs_probe_learns_through_the_mask_in_training_only() -> None:
     eval-mode forwards (attacks) skip that graph."""
     x, y = batch(6)
     for train_mode, expect in ((True, True), (False, False)):
-        model = small("at+cifs").train(train_mode)
+        model = small("at+cifs", cifs_sites=TWO).train(train_mode)
         with label_context(model, y):
             F.cross_entropy(model(x), y).backward()
         g = model.layer3.probe.net[0].weight.grad
@@ -211,7 +214,7 @@ def test_cifs_probe_learns_through_the_mask_in_training_only() -> None:
 
 
 def test_cifs_probes_nonlinear_first_then_linear() -> None:
-    model = small("at+cifs")
+    model = small("at+cifs", cifs_sites=TWO)
     assert isinstance(model.layer3.probe.net, nn.Sequential)
     assert (
         isinstance(model.layer3.probe.net[1], nn.Softplus) and model.layer3.probe.net[1].beta == 5
@@ -224,8 +227,8 @@ def test_cifs_works_under_no_grad_and_adaptive_gives_the_true_gradient() -> None
     differences (the default treats the mask as a constant, seeds.md 2d)."""
     x, y = batch(4)
     models = [
-        small("at+cifs", seed=5).double().eval(),
-        small("at+cifs", seed=5, cifs_adaptive=True).double().eval(),
+        small("at+cifs", seed=5, cifs_sites=TWO).double().eval(),
+        small("at+cifs", seed=5, cifs_adaptive=True, cifs_sites=TWO).double().eval(),
     ]
     with torch.no_grad():  # sharpen the non-linear probe so the mask depends on the features
         for m in models:
@@ -434,7 +437,7 @@ def test_user_mistakes_raise_evalkit_errors() -> None:
 
 
 def test_string_params_from_the_cli_are_accepted() -> None:
-    model = small("at+cifs", cifs_adaptive="true", cifs_hidden="16")
+    model = small("at+cifs", cifs_adaptive="true", cifs_hidden="16", cifs_sites=TWO)
     assert model.layer3.adaptive and model.layer3.probe.net[0].out_features == 16
 
 
@@ -489,3 +492,16 @@ def test_sap_added_on_load_to_a_plain_checkpoint(tmp_path) -> None:
     # unbiased per layer but not through the nonlinear net: only check it stays close-ish
     assert out.argmax(1).eq(plain.argmax(1)).float().mean() >= 0.5
     assert math.isfinite(float(out.abs().max()))
+
+
+def test_cifs_mask_scale_channels_keeps_the_selection_and_averages_one() -> None:
+    paper = small("at+cifs", seed=3).eval()
+    scaled = small("at+cifs", seed=3, cifs_mask_scale="channels").eval()
+    x, _ = batch()
+    paper(x)
+    scaled(x)
+    c = paper.layer4.last_mask.shape[1]
+    torch.testing.assert_close(paper.layer4.last_mask.sum(1), torch.ones(8))
+    torch.testing.assert_close(scaled.layer4.last_mask, c * paper.layer4.last_mask)
+    with pytest.raises(EvalkitError, match="cifs_mask_scale"):
+        small("at+cifs", cifs_mask_scale="wide")

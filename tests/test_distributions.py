@@ -48,7 +48,7 @@ def relu_net() -> nn.Module:
 
 def test_default_layers():
     assert default_layers(tiny()) == ["layer3", "layer4"]
-    assert default_layers(tiny("at+cas")) == ["layer3.block", "layer4.block"]  # before the mask
+    assert default_layers(tiny("at+cas")) == ["layer3", "layer4.block"]  # before the mask
     assert default_layers(tiny(), k=1) == ["layer4"]
     torch.manual_seed(0)
     resnet = build_model("resnet18", num_classes=10, in_channels=3, width=8)
@@ -166,9 +166,9 @@ def test_run_distribution_study_writes_the_analysis_folder(data, tmp_path):
     assert doc["study"] == "distributions"
     assert doc["params"]["layers"] == {
         "std": ["layer3", "layer4"],
-        "cas": ["layer3.block", "layer4.block"],
+        "cas": ["layer3", "layer4.block"],
     }
-    assert set(doc["scalars"]["cas"]) == {"layer3.block", "layer4.block"}
+    assert set(doc["scalars"]["cas"]) == {"layer3", "layer4.block"}
     names = {f["name"] for f in doc["files"]["figures"]}
     assert names == {"ecdf", "violin"}
     for f in doc["files"]["figures"]:

@@ -194,6 +194,30 @@ def test_fresh_reruns_everything_once_per_runner(tmp_path):
     assert len(CALLS) == 4
 
 
+def test_an_interrupted_fresh_run_continues_where_it_stopped(tmp_path):
+    """`evalkit study ... --fresh` killed half-way and started again reuses what the first
+    attempt computed (same session), resumes the step it was in, and a new session (after
+    end_session) recomputes everything."""
+    from evalkit.pipelines.studies.runner import end_session, fresh_session
+
+    steps, _ = _pipeline(tmp_path)
+    _run(steps)  # an older run: a fresh run must not reuse it
+    CALLS.clear()
+    sid = fresh_session(tmp_path, "study x")
+    assert _run(steps[:3], fresh=True, session=sid) == ["computed"] * 3
+    # the kill: the last step (on the external checkpoint) was running when the process died
+    last = steps[3]
+    _run([last], fresh=True, session=sid)
+    rec = read_record(last.out)
+    record_path(last.out).write_text(json.dumps({**rec, "status": "running"}))
+    again = fresh_session(tmp_path, "study x")
+    assert again == sid
+    assert _run(steps, fresh=True, session=again) == ["reused"] * 3 + ["resumed"]
+    assert fresh_session(tmp_path, "another study") != sid  # another command starts anew
+    end_session(tmp_path)
+    assert fresh_session(tmp_path, "study x") != sid
+
+
 def test_interrupted_step_is_resumed_and_changed_output_recomputed(tmp_path):
     steps, _ = _pipeline(tmp_path)
     _run(steps[:2])

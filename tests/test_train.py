@@ -181,6 +181,13 @@ def test_warm_start_from_another_checkpoint(tmp_path):
         ]
     )
     assert code == 2
+    # the convergence gate: the 1-epoch start is far below 99% validation accuracy
+    gated = ["train", "--out", str(tmp_path / "gated"), "--epochs", "1", "--quiet"]
+    assert main([*gated, "--init", str(first), "--init-min-val-acc", "0.99"]) == 2
+    assert not (tmp_path / "gated" / "checkpoint.pt").exists()
+    acc = torch.load(first, weights_only=True)["history"][-1]["val_clean_acc"]
+    with pytest.raises(EvalkitError, match="validation clean accuracy"):
+        train(_cfg(tmp_path, "gated2", epochs=1, init=str(first), init_min_val_acc=acc + 0.01))
 
 
 # ---------------------------------------------------------------------- Python API

@@ -70,6 +70,7 @@ import numpy as np
 
 from analysis.channels import tail_share, tail_share_crossfit
 from analysis.naming import file_slug
+from analysis.studies import mechanisms
 from analysis.studies.spec import Finding, StudyContext
 from analysis.studies.stats import (
     INCONCLUSIVE,
@@ -1043,18 +1044,16 @@ def judge_cas_cifs(ctx: StudyContext) -> list[Finding]:
         dirs = _run_dirs(ctx, key)
         if dirs and all((d / "summary.json").exists() for d in dirs):
             runs[key] = load_run_points(dirs)
-    return _seeds(cas_cifs_findings(runs, seed=ctx.seed), ctx)
+    return mechanisms.cas_cifs(_seeds(cas_cifs_findings(runs, seed=ctx.seed), ctx), ctx)
 
 
 def judge_he(ctx: StudyContext) -> list[Finding]:
-    return _seeds(
-        he_findings(
-            load_run_points(_run_dirs(ctx, "at")),
-            load_run_points(_run_dirs(ctx, "at_he")),
-            seed=ctx.seed,
-        ),
-        ctx,
+    found = he_findings(
+        load_run_points(_run_dirs(ctx, "at")),
+        load_run_points(_run_dirs(ctx, "at_he")),
+        seed=ctx.seed,
     )
+    return mechanisms.he(_seeds(found, ctx), ctx)
 
 
 def load_features(
@@ -1079,7 +1078,8 @@ def load_features(
 def judge_channels(ctx: StudyContext) -> list[Finding]:
     labels = ("std", "at", "at_cas")
     feats, threshold = load_features(_analysis_dirs(ctx, "channels"), labels)
-    return _seeds(channels_findings(feats, threshold=threshold, labels=labels, seed=ctx.seed), ctx)
+    found = channels_findings(feats, threshold=threshold, labels=labels, seed=ctx.seed)
+    return mechanisms.channels(_seeds(found, ctx), ctx)
 
 
 def _sap_points(d: Path) -> tuple[Any, int, Any]:
@@ -1133,16 +1133,14 @@ def judge_sap(ctx: StudyContext) -> list[Finding]:
         sap_e = rows[rows["model"] == "sap"].set_index("eot")["robust_accuracy"]
         extra[f"eps{e:g}_sap_eot{eots[0]}"] = _r(sap_e.loc[eots[0]])
         extra[f"eps{e:g}_sap_eot{eots[-1]}"] = _r(sap_e.loc[eots[-1]])
-    return _seeds(
-        sap_findings(
-            pick("dense", _dense_eot(std0, eps)),
-            {e: pick("sap", e) for e in eots},
-            eps=eps,
-            seed=ctx.seed,
-            extra=extra,
-        ),
-        ctx,
+    found = sap_findings(
+        pick("dense", _dense_eot(std0, eps)),
+        {e: pick("sap", e) for e in eots},
+        eps=eps,
+        seed=ctx.seed,
+        extra=extra,
     )
+    return mechanisms.sap(_seeds(found, ctx))
 
 
 def _dense_eot(std: Any, eps: float) -> int:
@@ -1177,7 +1175,8 @@ def judge_pooling(ctx: StudyContext) -> list[Finding]:
         models[lab] = PoolingModel(
             rows[0]["pool"], float(rows[0]["map_size"]), robust, None, change
         )
-    return _seeds(pooling_findings(models, seed=ctx.seed), ctx)
+    per_label = {lab: [doc["scalars"][lab] for doc in docs] for lab in labels}
+    return mechanisms.pooling(_seeds(pooling_findings(models, seed=ctx.seed), ctx), per_label)
 
 
 __all__ = [

@@ -26,7 +26,9 @@ class Finding:
     """One claim's verdict, the numbers behind it and how it was computed.
 
     ``effect`` and ``interval`` (low, high) give the measured effect and its uncertainty when
-    the judge computes them; ``seeds`` the training seeds it pooled.
+    the judge computes them; ``seeds`` the training seeds it pooled; ``mechanism`` which
+    mechanism holds behind the verdict (training health, plain vs adaptive attacks, what the
+    heads decide), with the numbers that show it (:mod:`analysis.studies.mechanisms`).
     """
 
     claim: str
@@ -36,6 +38,7 @@ class Finding:
     effect: float | None = None
     interval: tuple[float, float] | None = None
     seeds: list[int] = field(default_factory=list)
+    mechanism: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -50,6 +53,8 @@ class Finding:
             out["interval"] = [float(self.interval[0]), float(self.interval[1])]
         if self.seeds:
             out["seeds"] = list(self.seeds)
+        if self.mechanism:
+            out["mechanism"] = self.mechanism
         return out
 
 

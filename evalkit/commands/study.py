@@ -4,6 +4,7 @@ reproduction study of the seed papers and judge its claims)."""
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 
@@ -81,6 +82,7 @@ def _seeds(text: str | None) -> list[int] | None:
 def run(args: argparse.Namespace) -> int:
     from evalkit.errors import EvalkitError
     from evalkit.pipelines.studies import STUDIES, StepRunner, list_studies, run_study, scale_for
+    from evalkit.pipelines.studies.runner import end_session, fresh_session
 
     if args.list or not args.name:
         print(list_studies())
@@ -96,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
         seeds=_seeds(args.seeds),
         data_root=args.data_root,
     )
-    runner = StepRunner(fresh=args.fresh, progress=args.progress)
+    # an interrupted `--fresh` run of the same study and scale continues where it stopped
+    what = {k: getattr(args, k) for k in ("name", "scale", "seeds", "epochs", "dataset", "eps")}
+    session = fresh_session(args.out, json.dumps(what, sort_keys=True)) if args.fresh else None
+    runner = StepRunner(fresh=args.fresh, progress=args.progress, session=session)
     for name in names:
         cmd = shlex.join(
             [
@@ -123,5 +128,6 @@ def run(args: argparse.Namespace) -> int:
             command=cmd,
             runner=runner,
         )
+    end_session(args.out)
     print(f"study results under {args.out}", file=sys.stderr)
     return 0

@@ -48,6 +48,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="warm start from CKPT's weights (same arch and defense), e.g. a naturally "
         "trained CIFS model before AT+CIFS as in the CIFS paper",
     )
+    p.add_argument(
+        "--init-min-val-acc",
+        type=float,
+        default=None,
+        metavar="ACC",
+        help="refuse an --init whose last validation clean accuracy is below ACC or whose "
+        "training health failed (default: no gate)",
+    )
     opt = p.add_argument_group("optimisation")
     opt.add_argument("--batch-size", type=int, default=128)
     opt.add_argument("--lr", type=float, default=0.1)
@@ -177,6 +185,7 @@ def train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         data_root=args.data_root,
         download=args.download,
         init=args.init,
+        init_min_val_acc=args.init_min_val_acc,
         progress=not args.quiet,
     )
 

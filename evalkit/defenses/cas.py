@@ -63,6 +63,14 @@ class CASBlock(nn.Module):
         mask = self.head.weight[index]  # (N, C): only the chosen row gets gradient
         return feat * mask[:, :, None, None]
 
+    def readout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(head logits, chosen row as (N, 1), the mask row) of the latest forward, for
+        :mod:`evalkit.defenses.inspect`."""
+        if self.aux_logits is None or self.last_index is None:
+            return None
+        index = self.last_index
+        return self.aux_logits, index[:, None], self.head.weight[index]
+
 
 def apply_cas(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     """Wrap every CAS site of ``model`` in a :class:`CASBlock` (in place)."""

@@ -1,8 +1,9 @@
 """CIFS: channel importance-based feature selection (Yan et al., ICML 2021).
 
-Each CIFS site gets a probe on the global average of the site's output ``f`` (non-linear
-``Linear(C,128)-Softplus(beta=5)-Linear(128,classes)`` at the first site, linear at the others,
-as ``modes=['nonlinear','linear']`` in the official ResNet-18). The channel mask is
+Each CIFS site gets a probe on the global average of the site's output ``f``: linear at the
+last site (whose masked map feeds the classifier) and non-linear
+``Linear(C,128)-Softplus(beta=5)-Linear(128,classes)`` at every earlier one, as
+``modes=['nonlinear','linear']`` in the official ResNet-18 (``cifs_probes`` overrides). The channel mask is
 
     m = softmax_c( sum_{h,w} d s / d f )      with  s = z[a] + z[b]
 
@@ -19,8 +20,10 @@ instead (gradient of the relevance taken on the live features with ``create_grap
 adaptive evaluation; it changes only gradients, never the forward values.
 
 Params: ``cifs_beta`` (2.0), ``cifs_sites`` (``auto``), ``cifs_hidden`` (128),
-``cifs_mask_scale`` (1.0: masks sum to 1 over channels; one version of the official code
-multiplies by 2), ``cifs_adaptive`` (false).
+``cifs_mask_scale`` (1.0: masks sum to 1 over channels, the paper's; one version of the
+official code multiplies by 2; ``channels``: multiply by the site's channel count C, so the mask
+averages 1 and the masked features keep their scale; see docs/defenses.md for when that matters), ``cifs_adaptive`` (false), ``cifs_probes`` (``auto``; or e.g.
+``nonlinear,linear``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from evalkit.defenses.sites import (
     set_module,
     site_channels,
 )
+from evalkit.errors import EvalkitError
 
 
 class GAPProbe(nn.Module):
@@ -115,6 +119,38 @@ class CIFSBlock(nn.Module):
         self.aux_logits = self.probe(feat)
         return feat * m[:, :, None, None]
 
+    def readout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(probe logits, the two classes defining relevance in ascending order as (N, 2), the
+        mask) of the latest forward, for :mod:`evalkit.defenses.inspect`. In training mode the
+        pair is the label and the runner-up; the health checks read eval-mode passes."""
+        if self.aux_logits is None or self.last_mask is None:
+            return None
+        z = self.aux_logits
+        if self.training and self.labels is not None:
+            a, b = self._pair(z)
+            pair = torch.stack([a, b], dim=1)
+        else:
+            pair = z.topk(2, dim=1).indices
+        return z, pair.sort(dim=1).values, self.last_mask
+
+
+PROBE_KINDS = ("linear", "nonlinear")
+
+
+def probe_kinds(value: Any, n_sites: int) -> list[str]:
+    """The probe of each site: ``auto`` follows the official ResNet-18 (``modes=['nonlinear',
+    'linear']``): the last site, whose masked map feeds the classifier, gets a linear probe and
+    every earlier site a non-linear one; or a comma list with one kind per site."""
+    if value is None or value == "auto":
+        return ["nonlinear"] * (n_sites - 1) + ["linear"]
+    kinds = [k.strip() for k in str(value).split(",") if k.strip()]
+    if len(kinds) != n_sites or any(k not in PROBE_KINDS for k in kinds):
+        raise EvalkitError(
+            f"defense parameter cifs_probes={value!r} needs one of linear/nonlinear per site "
+            f"({n_sites} sites), e.g. cifs_probes={','.join(['nonlinear', 'linear'][-n_sites:])}"
+        )
+    return kinds
+
 
 def apply_cifs(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     """Wrap every CIFS site of ``model`` in a :class:`CIFSBlock` (in place)."""
@@ -122,15 +158,20 @@ def apply_cifs(model: nn.Module, params: dict[str, Any]) -> nn.Module:
     channels = site_channels(model, sites)
     classes = num_classes_of(model)
     hidden = get_int(params, "cifs_hidden")
-    scale = get_float(params, "cifs_mask_scale", minimum=0.0, strict_min=True)
+    by_channels = str(params.get("cifs_mask_scale")).strip().lower() == "channels"
+    scale = (
+        1.0 if by_channels else get_float(params, "cifs_mask_scale", minimum=0.0, strict_min=True)
+    )
     adaptive = get_bool(params, "cifs_adaptive")
-    for i, s in enumerate(sites):
+    kinds = probe_kinds(params.get("cifs_probes", "auto"), len(sites))
+    for s, kind in zip(sites, kinds):
         block = get_module(model, s)
-        probe = GAPProbe(channels[s], classes, nonlinear=(i == 0), hidden=hidden)
+        probe = GAPProbe(channels[s], classes, nonlinear=kind == "nonlinear", hidden=hidden)
         ref = next(block.parameters(), None)
         if ref is not None:
             probe = probe.to(ref.device)
-        set_module(model, s, CIFSBlock(block, probe, mask_scale=scale, adaptive=adaptive))
+        site_scale = float(channels[s]) if by_channels else scale
+        set_module(model, s, CIFSBlock(block, probe, mask_scale=site_scale, adaptive=adaptive))
     return model
 
 
@@ -145,6 +186,7 @@ PLUGIN = register(
             "cifs_hidden": 128,
             "cifs_mask_scale": 1.0,
             "cifs_adaptive": False,
+            "cifs_probes": "auto",
         },
         summary="channel importance-based feature selection: probe-gradient softmax masks",
     )

@@ -39,7 +39,9 @@ def paper_sites(model: nn.Module) -> tuple[str, ...]:
     """Where the papers put CAS/CIFS for this architecture.
 
     ResNet-18/PreAct: both blocks of ``layer4``; VGG16: the three convs of the last stage;
-    smallcnn: ``layer3`` and ``layer4``. WRN (CAS code ``wideresnet_cas.py``): the *input*
+    AlexNet: ``layer4`` and ``layer5`` (the last two convs, after the last pooling but one);
+    smallcnn: ``layer4`` only (a module on its three-conv-deep ``layer3`` becomes the
+    classifier; see :class:`evalkit.models.smallcnn.SmallCNN`). WRN (CAS code ``wideresnet_cas.py``): the *input*
     activation of the last block of ``block3`` (its ``relu1`` output) plus the final features
     after the last BN+ReLU (the ``extra_fc`` head), so two heads.
     """

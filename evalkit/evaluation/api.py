@@ -38,6 +38,8 @@ from evalkit.errors import EvalkitError
 from evalkit.evaluation import distributed as D
 from evalkit.evaluation import sanity as S
 from evalkit.evaluation.budget import Budget, check_norm, check_positive_int, parse_budgets
+from evalkit.evaluation.diagnostics import masking_flags, run_diagnostics, summarize_diagnostics
+from evalkit.evaluation.diagnostics import wanted as wants_diagnostics
 from evalkit.evaluation.engine import Settings, n_batches, run_protocol
 from evalkit.evaluation.estimate import estimate, probe_rate
 from evalkit.evaluation.inputs import (
@@ -214,6 +216,7 @@ def evaluate(
     loss: str | None = None,
     compaction: bool = True,
     sanity: bool = True,
+    diagnostics: bool | None = None,
     out: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -252,6 +255,10 @@ def evaluate(
         loss: override the loss of every gradient attack except CW (``ce``, ``cw``, ``dlr``).
         compaction: attack only points still robust (AutoAttack-style waterfall).
         sanity: run the checks (within 25% of the attack cost).
+        diagnostics: run the masking diagnostics (plain vs adaptive PGD, independently on the
+            same points, and the heads' agreement and selection flips;
+            :mod:`evalkit.evaluation.diagnostics`); None (default): for models whose own
+            traits call for them (auxiliary heads, CIFS masks, bounded logits).
         out: run directory (None: in memory). resume: continue ``out`` after a kill; refused
             when the model, data, protocol or versions changed.
         weights: weights file for a ``pkg.module:factory`` / ``file.py:factory`` model.
@@ -297,6 +304,7 @@ def evaluate(
         eot=None if eot is None else check_positive_int("eot", eot),
         loss=loss,
         sanity=sanity,
+        diagnostics=diagnostics,
         out=Path(out) if out is not None else None,
         resume=resume,
         echo=echo,
@@ -337,6 +345,7 @@ class Request:
     eot: int | None
     loss: str | None
     sanity: bool
+    diagnostics: bool | None
     out: Path | None
     resume: bool
     echo: bool
@@ -364,6 +373,8 @@ class Prepared:
     settings: Settings
     fingerprints: dict[str, Any]
     probe_x: torch.Tensor
+    diagnose: bool = False  # run the masking diagnostics (evalkit.evaluation.diagnostics)
+    own_traits: ModelTraits | None = None  # the model's own, before adapt_for (diagnostics)
 
     def config(self, req: Request) -> dict[str, Any]:
         """config.json: the settings and content hashes a resume must match."""
@@ -381,6 +392,7 @@ class Prepared:
             "compaction": self.settings.compaction,
             "mc_draws": self.settings.draws,
             "sanity": req.sanity,
+            "diagnostics": self.diagnose,
             "evalkit_version": __version__,
             "torch_version": torch.__version__,
         }
@@ -401,13 +413,17 @@ def _prepare(model: Any, data: Any, req: Request, device: torch.device) -> Prepa
     budgets = parse_budgets(req.eps, req.norm, preset_eps=req.preset.eps, input_shape=d.shape)
     params = {**m.defense_params, **(req.load["params"] or {})}
     traits = _traits(m.model, probe_x, num_classes, params, req.settings.seed)
+    diagnose = wants_diagnostics(traits) if req.diagnostics is None else bool(req.diagnostics)
+    own = traits
     if req.adapt_for:
         traits = replace(traits, **{k: getattr(traits, k) or v for k, v in req.adapt_for.items()})
     plans, adaptive = adapt_plans(
         req.plans, traits, eot=req.eot, loss=req.loss, explicit=req.explicit
     )
     settings = replace(req.settings, draws=req.mc_draws if traits.random else 1)
-    return Prepared(m, d, budgets, traits, plans, adaptive, settings, fingerprints(m, d), probe_x)
+    return Prepared(
+        m, d, budgets, traits, plans, adaptive, settings, fingerprints(m, d), probe_x, diagnose, own
+    )
 
 
 def _announce(p: Prepared, req: Request, say: Any) -> None:
@@ -488,9 +504,27 @@ def _run(model: Any, data: Any, req: Request, device: torch.device, info: D.Dist
     return EvalResult(summary, df, req.out, p.fingerprints)
 
 
+def training_health_flags(health: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A checkpoint whose plug-in defense failed (or warned) its training-health checks says so
+    first (:mod:`evalkit.training.health`): its numbers describe a defense defeating itself."""
+    if not health or health.get("status") in (None, "ok"):
+        return []
+    failed = health["status"] == "failed"
+    return [
+        S.flag(
+            "training_failed" if failed else "training_health_warning",
+            "error" if failed else "warning",
+            f"training health {health['status']} at epoch {health.get('epoch')}: "
+            + "; ".join(health.get("reasons") or []),
+        )
+    ]
+
+
 def _flags(p: Prepared, numbers: dict[str, Any], checks: list[dict]) -> list[dict[str, Any]]:
     """Every flag of the run, most important first."""
     flags = S.check_ball_violations(numbers) + S.nonfinite_flags(numbers)
+    flags += training_health_flags(p.model.description.get("health"))
+    flags += masking_flags(numbers.get("diagnostics"))
     flags += S.randomness_flags(p.traits, p.settings.draws) + checks
     if p.model.unfinished:
         flags.insert(
@@ -556,6 +590,31 @@ def _finish(
             )
         if probes:
             df, numbers = tables([*p.plans, *probes])
+    diag: list[AttackPlan] = []
+    if p.diagnose:
+        with attack_mode(p.model.model):
+            diag = run_diagnostics(
+                p.model.model,
+                p.data.examples.fetch,
+                df,
+                p.plans,
+                p.budgets,
+                p.own_traits or p.traits,
+                seed=cfg.seed,
+                draws=cfg.draws,
+                batch_size=cfg.batch_size,
+                device=device,
+                counter=counter,
+                records=records,
+                record=record,
+            )
+        if diag:
+            df, numbers = tables([*p.plans, *probes, *diag])
+    numbers["diagnostics"] = summarize_diagnostics(df, records, diag, p.budgets)
+    if numbers["diagnostics"] is not None:  # their rows live with them; their breaks are in
+        rows = numbers["results"]  # the worst case, the protocol's table lists the protocol
+        numbers["diagnostics"]["results"] = [r for r in rows if r.get("diagnostic")]
+        numbers["results"] = [r for r in rows if not r.get("diagnostic")]
     numbers["cost"]["sanity"] = sanity_cost
     numbers["cost"]["wall_time_s"] = time.perf_counter() - req.t_start
     summary: dict[str, Any] = {

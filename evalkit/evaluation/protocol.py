@@ -48,6 +48,7 @@ class AttackPlan:
     adaptive: str | None = None  # why it was added/changed for this model (None: protocol's own)
     through_mask: bool = False  # CIFS: gradients flow through the channel mask (adaptive)
     probe: bool = False  # a sanity probe (Square) whose breaks count in the worst case
+    diagnostic: bool = False  # a masking diagnostic (plain vs adaptive, uncompacted); counts too
 
     def resolved_options(self, eps: float, norm: str = "linf") -> dict[str, Any]:
         """Attack options for one eps (step size made absolute). Relative steps are Linf rules;
@@ -77,6 +78,7 @@ class AttackPlan:
             "adaptive": self.adaptive,
             "through_mask": self.through_mask,
             "probe": self.probe,
+            "diagnostic": self.diagnostic,
         }
 
     def line(self) -> str:
@@ -124,6 +126,11 @@ def _pgd(
         step_abs=step_abs,
         description=f"PGD-{steps}, {step_txt}, {rs}",
     )
+
+
+def default_pgd() -> AttackPlan:
+    """The default protocol's PGD-20 (step eps/4, random start, CE)."""
+    return _pgd(20)
 
 
 def _cw_inf(

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from evalkit.evaluation.budget import Budget
+from evalkit.evaluation.diagnostics import format_diagnostics
 from evalkit.evaluation.protocol import AttackPlan
 from evalkit.evaluation.rundir import unit_key
 from evalkit.evaluation.scoring import mc_standard_error
@@ -53,7 +54,7 @@ def robust_before(
 def _by_attack(records: dict[str, dict[str, Any]]) -> dict[tuple[str, str], list[dict]]:
     out: dict[tuple[str, str], list[dict]] = {}
     for r in records.values():
-        if r.get("kind") in ("attack", "probe"):
+        if r.get("kind") in ("attack", "probe", "diagnostic"):
             out.setdefault((r["attack"], r["eps"]), []).append(r)
     return out
 
@@ -190,6 +191,7 @@ def summarize(
                     "n_broken": int((attacked & (p < 1.0)).sum()),
                     "cumulative": compaction,
                     "probe": plan.probe,
+                    "diagnostic": plan.diagnostic,
                     "loss": plan.loss,
                     "joint": plan.joint,
                     "eot": plan.eot,
@@ -239,6 +241,9 @@ def summarize(
     clean = _cost([r for r in all_recs if r.get("kind") == "clean"])
     protocol = _cost([r for r in all_recs if r.get("kind") == "attack"])
     probes = _cost([r for r in all_recs if r.get("kind") == "probe"])
+    diagnostics = _cost(
+        [r for r in all_recs if r.get("kind") in ("diagnostic", "diagnostic_heads")]
+    )
     return {
         "n_examples": n,
         "n_clean_correct": int((clean_p >= 1.0).sum()),
@@ -255,14 +260,17 @@ def summarize(
         "cost": {
             "forward_passes": clean["forward_passes"]
             + protocol["forward_passes"]
-            + probes["forward_passes"],
+            + probes["forward_passes"]
+            + diagnostics["forward_passes"],
             "backward_passes": clean["backward_passes"]
             + protocol["backward_passes"]
-            + probes["backward_passes"],
-            "attack_time_s": protocol["time_s"] + probes["time_s"],
+            + probes["backward_passes"]
+            + diagnostics["backward_passes"],
+            "attack_time_s": protocol["time_s"] + probes["time_s"] + diagnostics["time_s"],
             "clean": clean,
             "protocol": protocol,
             "sanity_probes": probes,
+            "diagnostics": diagnostics,
         },
     }
 
@@ -304,6 +312,8 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(f"{'attack':<24}{'eps':<10}{head:>36}{'attacked':>10}{'broken':>8}")
     for r in summary["results"]:
         name = r["attack"] + (" (probe)" if r.get("probe") else "")
+        if r.get("diagnostic"):
+            continue  # printed in their own block, with intervals
         lines.append(
             f"{name:<24}{r['eps']:<10}{100 * r['robust_accuracy']:>35.2f}%"
             f"{r['n_attacked']:>10}{r['n_broken']:>8}"
@@ -311,6 +321,7 @@ def format_table(summary: dict[str, Any]) -> str:
     for w in summary["worst_case"]:
         extra = f"  (all draws {100 * w['robust_accuracy_all_draws']:.2f}%)" if mc else ""
         lines.append(f"{'worst case':<24}{w['eps']:<10}{100 * w['robust_accuracy']:>35.2f}%{extra}")
+    lines += format_diagnostics(summary.get("diagnostics"))
     for f in summary.get("flags", []):
         lines.append(f"[{f['severity']}] {f['id']}: {f['message']}")
     return "\n".join(lines)

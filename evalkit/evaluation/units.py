@@ -191,14 +191,17 @@ def attack_unit(
     beta: float,
     draws: int,
     num_classes: int,
+    observe: Any = None,
 ) -> dict[str, Any]:
     """Attack the given examples (already compacted by the caller) and score the candidate
-    over ``draws`` forward passes."""
+    over ``draws`` forward passes. ``observe()``, called right after the scoring passes (so the
+    model's modules still hold what they decided on the candidate), returns extra plain-JSON
+    fields for the record (the masking diagnostics read the heads' selections this way)."""
     t0 = time.perf_counter()
     f0, b0 = counter.snapshot()
     rec: dict[str, Any] = {
         "key": unit_key("attack", batch, plan.id, budget.label),
-        "kind": "probe" if plan.probe else "attack",
+        "kind": "probe" if plan.probe else "diagnostic" if plan.diagnostic else "attack",
         "attack": plan.id,
         "eps": budget.label,
         "batch": batch,
@@ -230,6 +233,8 @@ def attack_unit(
         x_adv, violations = project_valid(x, x_adv, budget.value, budget.norm)
         torch.manual_seed(seed + 1)
         _scored(rec, score(model, x_adv, y, draws))
+        if observe is not None:
+            rec.update(observe())
         rec.update(
             norm=perturbation_norm(x_adv - x, budget.norm).cpu().tolist(), violations=violations
         )

@@ -53,6 +53,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "data_root": (str, Path, type(None)),
     "download": (bool,),
     "init": (str, Path, type(None)),
+    "init_min_val_acc": (int, float, type(None)),
     "progress": (bool,),
 }
 _CHOICES = {
@@ -145,6 +146,9 @@ def make_config(
     for name in ("val_size", "n_train"):
         if opts.get(name) is not None:
             _positive(name, opts[name], 0 if name == "val_size" else 1)
+    acc = opts.get("init_min_val_acc")
+    if acc is not None and not 0 <= acc <= 1:
+        raise EvalkitError(f"train(): init_min_val_acc must be in [0, 1] (got {acc!r})")
     if opts.get("milestones") is not None:
         opts["milestones"] = [int(m) for m in opts["milestones"]]
     if arch_kwargs.get("pool") is not None and arch_kwargs["pool"] not in _CHOICES["pool"]:

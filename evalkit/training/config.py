@@ -45,6 +45,9 @@ class TrainConfig:
     init: str | None = (
         None  # warm start: weights of this checkpoint (e.g. CIFS's natural pre-training)
     )
+    # warm start only from a checkpoint whose last validation clean accuracy reaches this
+    # (CIFS: adversarial training from a converged natural model, as the paper does)
+    init_min_val_acc: float | None = None
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:

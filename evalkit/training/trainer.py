@@ -12,6 +12,7 @@ import csv
 import io
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,20 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from evalkit.attacks.losses import make_loss
+from evalkit.attacks.mode import attack_mode
 from evalkit.attacks.pgd import pgd
 from evalkit.checkpoint import read_checkpoint_file, read_meta, save_checkpoint
 from evalkit.data import ArraySplit, dataset_info, iterate_batches, load_split
 from evalkit.defenses import apply_defenses, extra_losses, has_aux_heads, parse_spec, plugin_params
 from evalkit.defenses.aux_loss import head_beta
+from evalkit.defenses.inspect import readouts
 from evalkit.defenses.registry import get_plugin, margin_transforms
 from evalkit.errors import EvalkitError
 from evalkit.models import build_model
 from evalkit.training.config import TrainConfig
+from evalkit.training.health import Tally, TrainingHealthWarning
+from evalkit.training.health import judge as judge_health
+from evalkit.training.health import metrics as health_metrics
 from evalkit.training.objectives import OBJECTIVES, ObjectiveContext
 from evalkit.training.schedule import make_optimizer, make_scheduler
 from evalkit.utils.device import resolve_device
@@ -82,11 +88,6 @@ def build_training_model(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any]]:
     return model, plugin_params(spec)
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    return int((model(x).argmax(1) == y).sum())
-
-
 def validate(
     model: nn.Module,
     val: ArraySplit,
@@ -94,36 +95,47 @@ def validate(
     device: torch.device,
     epoch: int,
     head_beta: float = 2.0,
-) -> tuple[float, float]:
-    """Clean and PGD accuracy on the held-out split (eval mode, joint loss for aux heads)."""
+) -> tuple[float, float, Tally | None]:
+    """Clean and PGD accuracy on the held-out split (eval mode, joint loss for aux heads), and
+    for plug-in models (CAS/CIFS readouts) the per-example outcomes the health checks need."""
     if len(val) == 0:
-        return float("nan"), float("nan")
-    was = model.training
-    model.eval()
+        return float("nan"), float("nan"), None
     loss = make_loss("ce", joint=has_aux_heads(model), beta=head_beta)
     gen = make_generator(derive_seed(cfg.seed, "val", epoch))
     clean = robust = 0
-    for _, x, y in iterate_batches(val, 256):
-        x, y = x.to(device), y.to(device)
-        clean += _accuracy(model, x, y)
-        x_adv = pgd(
-            model,
-            x,
-            y,
-            cfg.eps,
-            steps=cfg.val_attack_steps,
-            step_size=cfg.eps / 4,
-            loss=loss,
-            generator=gen,
-        )
-        robust += _accuracy(model, x_adv, y)
-    model.train(was)
-    return clean / len(val), robust / len(val)
+    tally: Tally | None = None
+    with attack_mode(model):
+        for _, x, y in iterate_batches(val, 256):
+            x, y = x.to(device), y.to(device)
+            with torch.no_grad():
+                logits = model(x)
+            clean_reads = readouts(model)
+            clean += int((logits.argmax(1) == y).sum())
+            x_adv = pgd(
+                model,
+                x,
+                y,
+                cfg.eps,
+                steps=cfg.val_attack_steps,
+                step_size=cfg.eps / 4,
+                loss=loss,
+                generator=gen,
+            )
+            with torch.no_grad():
+                adv_logits = model(x_adv)
+            robust += int((adv_logits.argmax(1) == y).sum())
+            if clean_reads:
+                tally = tally or Tally()
+                tally.add_clean(logits, y, clean_reads)
+                tally.add_adversarial(adv_logits, y, clean_reads, readouts(model))
+    return clean / len(val), robust / len(val), tally
 
 
 def _history_csv(history: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, extrasaction="ignore")
+    extra = [k for row in history for k in row if k not in HISTORY_FIELDS]
+    fields = HISTORY_FIELDS + list(dict.fromkeys(extra))  # health columns of plug-in models
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -155,13 +167,17 @@ def _resume_state(cfg: TrainConfig, out: Path) -> dict[str, Any] | None:
     return obj
 
 
-def _warm_start(model: nn.Module, path: str) -> None:
+def _warm_start(model: nn.Module, path: str, min_val_acc: float | None = None) -> None:
     """Start from another checkpoint's weights (not its optimizer): the CIFS paper adversarially
-    trains from a naturally trained CIFS model. Arch and defense must match."""
+    trains from a naturally trained CIFS model. Arch and defense must match. With
+    ``min_val_acc`` the start must have converged: its last epoch's validation clean accuracy
+    reaches it and its training health (plug-ins) did not fail."""
     obj = read_checkpoint_file(path)
     state = obj.get("state_dict") if isinstance(obj, dict) else None
     if not isinstance(state, dict):
         raise EvalkitError(f"--init {path} holds no state_dict")
+    if min_val_acc is not None:
+        _check_converged(obj, path, min_val_acc)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
@@ -173,6 +189,42 @@ def _warm_start(model: nn.Module, path: str) -> None:
         raise EvalkitError(
             f"--init {path} does not fit this arch/defense (mismatched keys such as {keys})"
         )
+
+
+def _check_converged(obj: dict[str, Any], path: str, min_val_acc: float) -> None:
+    """The warm-start gate: a natural pre-training that did not converge makes AT+CIFS start
+    from a model whose output is weaker than its probes, which then never recovers."""
+    history = list(obj.get("history") or [])
+    acc = history[-1].get("val_clean_acc") if history else None
+    if acc is None or acc != acc:
+        raise EvalkitError(
+            f"--init {path} records no validation accuracy to check against "
+            f"--init-min-val-acc {min_val_acc:g} (train it with --val-size > 0)"
+        )
+    if acc < min_val_acc:
+        raise EvalkitError(
+            f"--init {path} reached validation clean accuracy {acc:.3f} < {min_val_acc:g}: "
+            "train the warm start longer (more --epochs) or lower --init-min-val-acc"
+        )
+    health = obj.get("health") or {}
+    if health.get("status") == "failed":
+        raise EvalkitError(
+            f"--init {path} failed its training-health checks ("
+            + "; ".join(health.get("reasons") or [])[:200]
+            + "): fix its training first"
+        )
+
+
+def _warn_health(health: dict[str, Any], epoch: int, epochs: int, is_main: bool) -> None:
+    """Say it when a plug-in defense looks like it is defeating itself (see
+    :mod:`evalkit.training.health`), as a :class:`TrainingHealthWarning` callers can filter or
+    turn into an error."""
+    if health["status"] == "ok" or not is_main:
+        return
+    text = f"training health at epoch {epoch}/{epochs}: {health['status']}: " + "; ".join(
+        health["reasons"]
+    )
+    warnings.warn(text, TrainingHealthWarning, stacklevel=3)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -203,7 +255,7 @@ def train(cfg: TrainConfig) -> Path:
     history: list[dict[str, Any]] = []
     start_epoch = 1
     if cfg.init and resume is None:
-        _warm_start(model, cfg.init)
+        _warm_start(model, cfg.init, cfg.init_min_val_acc)
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
         opt.load_state_dict(resume["extra"]["optimizer"])
@@ -247,6 +299,7 @@ def train(cfg: TrainConfig) -> Path:
         "n_val": len(val_split),
     }
     local_batch = max(1, cfg.batch_size // dist.world_size)
+    health: dict[str, Any] | None = resume.get("health") if resume is not None else None
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         torch.manual_seed(derive_seed(cfg.seed, "epoch", epoch))  # dropout etc.
@@ -291,7 +344,7 @@ def train(cfg: TrainConfig) -> Path:
         tot_loss, tot_correct, tot_n = all_reduce_sum([tot_loss, tot_correct, tot_n], dist, device)
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        val_clean, val_pgd = validate(model, val_split, cfg, device, epoch, beta_heads)
+        val_clean, val_pgd, tally = validate(model, val_split, cfg, device, epoch, beta_heads)
         train_acc = float("nan") if label_conditioned else tot_correct / tot_n
         row = {
             "epoch": epoch,
@@ -302,6 +355,12 @@ def train(cfg: TrainConfig) -> Path:
             "val_pgd_acc": val_pgd,
             "time_s": time.perf_counter() - t0,
         }
+        if tally is not None:
+            before = (health or {}).get("status")
+            health = judge_health(tally) | {"epoch": epoch}
+            row.update(health_metrics(tally), health=health["status"])
+            if health["status"] != before or epoch == cfg.epochs:  # changes and the verdict
+                _warn_health(health, epoch, cfg.epochs, dist.is_main)
         history.append(row)
         if dist.is_main:
             save_checkpoint(
@@ -315,6 +374,7 @@ def train(cfg: TrainConfig) -> Path:
                 train_config=train_config | {"completed": epoch == cfg.epochs},
                 history=history,
                 epoch=epoch,
+                health=health,
                 extra={"optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
             )
             atomic_write_text(out / "history.csv", _history_csv(history))

@@ -36,13 +36,14 @@ CPU = Scale(
     "cpu",
     dataset="fashion-mnist-mini",
     arch="smallcnn",
-    epochs=8,
+    epochs=15,
     eps="0.1",
     n_eval=500,
     preset="study-cpu",
     train_options={"width": 16, "lr": 0.05, "attack_steps": 7},
-    notes="small CNN (width 16) on the bundled 5,000/1,000 Fashion-MNIST subset; 8 epochs; "
-    "PGD-7 training attack (step eps/4); 500 test images",
+    notes="small CNN (width 16; CAS/CIFS on its last block) on the bundled 5,000/1,000 "
+    "Fashion-MNIST subset; 15 epochs (lr 0.05, x0.1 at epochs 7 and 11: validation accuracy "
+    "has levelled off); PGD-7 training attack (step eps/4); 500 test images",
 )
 MEDIUM = Scale(
     "medium",
@@ -135,14 +136,30 @@ def analyze_step(
     )
 
 
-# The CIFS paper adversarially trains from a naturally trained CIFS model (the paper's own setting); from
-# scratch AT+CIFS diverged here in its first epochs (clean accuracy ~41% after 8 epochs).
-CIFS_NAT = ModelDef("cifs_nat", "cifs")
+# CIFS's recipe. The paper adversarially trains from a converged, naturally trained CIFS model:
+# the AT stage refuses a warm start below CIFS_INIT_MIN_VAL_ACC validation accuracy (or one that
+# failed its training-health checks). The masks are scaled by the channel count (mean 1 instead
+# of sum 1, `cifs_mask_scale=channels`): with the paper's sum-1 softmax the masked features are C
+# times smaller than the unmasked ones and the classifier after them never caught up within the
+# scale's epochs (the output stays far below its own probe; the cas-cifs study trains the
+# paper's version as an ablation and reports its training health); scaled, the selection (the
+# softmax over channels) is the same and the output trains like the probe.
+CIFS_PARAMS = {"cifs_mask_scale": "channels"}
+CIFS_INIT_MIN_VAL_ACC = 0.8
+CIFS_NAT = ModelDef("cifs_nat", "cifs", {"params": CIFS_PARAMS, "weight_decay": 2e-4})
+# the ablation that shows why: natural CIFS with the paper's sum-1 masks (trained, not attacked;
+# the cas-cifs findings report its training health)
+CIFS_NAT_PAPER = ModelDef("cifs_nat_paper", "cifs", {"weight_decay": 2e-4})
 STD, AT, AT_CAS, AT_CIFS, AT_HE = (
     ModelDef("std", "standard"),
     ModelDef("at", "at"),
     ModelDef("at_cas", "at+cas"),
-    ModelDef("at_cifs", "at+cifs", init="cifs_nat"),
+    ModelDef(
+        "at_cifs",
+        "at+cifs",
+        {"params": CIFS_PARAMS, "init_min_val_acc": CIFS_INIT_MIN_VAL_ACC},
+        init="cifs_nat",
+    ),
     ModelDef("at_he", "at+he"),
 )
 GPU_EXTRA = [
@@ -151,7 +168,7 @@ GPU_EXTRA = [
     ModelDef("mart", "mart"),
     ModelDef("mart_cas", "mart+cas"),
 ]
-ALL_MODELS = [CIFS_NAT, STD, AT, AT_CAS, AT_CIFS, AT_HE, *GPU_EXTRA]
+ALL_MODELS = [CIFS_NAT, CIFS_NAT_PAPER, STD, AT, AT_CAS, AT_CIFS, AT_HE, *GPU_EXTRA]
 
 
 # what each defense plugin makes the harness adapt to (evalkit.defenses.context flags)
@@ -219,7 +236,7 @@ def _sap_analyses(ctx: StudyContext, seed: int) -> list[Step]:
         analyze_step(
             ctx,
             "sap-eot",
-            ["std", "at"],
+            ["std"],  # the claims are about the standard-trained model
             seed,
             eps=_sap_eps(ctx),
             n=SAP_N[ctx.scale.name],
@@ -312,7 +329,8 @@ STUDIES: dict[str, Study] = {
                 "CIFS improves robust accuracy over its base objective under adaptive attacks",
             ],
             models=lambda scale: (
-                [AT, AT_CAS, CIFS_NAT, AT_CIFS] + (GPU_EXTRA if scale.name == "gpu" else [])
+                [AT, AT_CAS, CIFS_NAT, AT_CIFS, CIFS_NAT_PAPER]
+                + (GPU_EXTRA if scale.name == "gpu" else [])
             ),
             evaluations=lambda ctx, seed: _attack_runs(
                 ctx,
@@ -346,7 +364,7 @@ STUDIES: dict[str, Study] = {
                 "SAP looks more robust than the dense model under plain (single-sample) PGD",
                 "SAP's apparent robustness vanishes under EOT",
             ],
-            models=lambda scale: [STD, AT],
+            models=lambda scale: [STD],
             evaluations=_sap_evaluations,
             analyses=_sap_analyses,
             judge=judges.judge_sap,

@@ -40,6 +40,37 @@ RECORD_SUFFIX = ".step.json"
 MIN_PUBLISHED_SEEDS = 3  # training-based claims are published with at least this many seeds
 
 
+SESSION_FILE = ".fresh-session.json"
+
+
+def fresh_session(out: str | Path, command: str) -> str:
+    """The id of the fresh run ``command`` writes under ``out``: a new one, or the id of the
+    same command's run that was interrupted (its file is still there), so that running the
+    command again continues it instead of starting over. :func:`end_session` closes it."""
+    import uuid
+
+    path = Path(out) / SESSION_FILE
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("command") == command and doc.get("id"):
+            print(
+                f"continuing the fresh run started {doc.get('started')} (delete {path} to start over)",
+                file=sys.stderr,
+            )
+            return str(doc["id"])
+    except (OSError, ValueError):
+        pass
+    sid = uuid.uuid4().hex
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"id": sid, "command": command, "started": _now()})
+    return sid
+
+
+def end_session(out: str | Path) -> None:
+    """Close the fresh run under ``out``: a later ``--fresh`` recomputes everything again."""
+    (Path(out) / SESSION_FILE).unlink(missing_ok=True)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -103,10 +134,14 @@ class StepRunner:
         progress: bool = False,
         say: Callable[[str], None] | None = None,
         code_sha: str | None = None,
+        session: str | None = None,
     ) -> None:
         from evalkit.evaluation.fingerprint import source_sha256
 
         self.fresh = fresh
+        # a fresh run interrupted and started again continues: steps it computed (or left
+        # running) under the same session id count as fresh (see fresh_session)
+        self.session = session if fresh else None
         self.code_sha = code_sha or source_sha256()
         self.progress = progress
         self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
@@ -114,6 +149,9 @@ class StepRunner:
         self._file_sha: dict[tuple[str, int, int], str] = {}
         self._data_sha: dict[str, str] = {}
         self._complete: set[tuple[str, str]] = set()
+
+    def _same_session(self, rec: dict[str, Any] | None) -> bool:
+        return bool(self.session and rec and rec.get("fresh_session") == self.session)
 
     # ---------------------------------------------------------------- fingerprints
 
@@ -185,7 +223,7 @@ class StepRunner:
         rec = read_record(step.out)
         if not rec or rec.get("status") != "done" or rec.get("identity") != identity:
             return None
-        if self.fresh and identity not in self.computed:
+        if self.fresh and identity not in self.computed and not self._same_session(rec):
             return None
         first = step.kind.outputs[0]
         recorded = rec.get("outputs") or {}
@@ -209,7 +247,7 @@ class StepRunner:
         old = read_record(step.out)
         resume = bool(
             kind.resumable
-            and not self.fresh
+            and (not self.fresh or self._same_session(old))
             and old
             and old.get("status") == "running"
             and old.get("identity") == identity
@@ -227,6 +265,7 @@ class StepRunner:
             "started": started,
             "evalkit_version": __version__,
             "code_sha256": self.code_sha,
+            "fresh_session": self.session,
         }
         atomic_write_json(record_path(step.out), base | {"status": "running"})
         t0 = time.perf_counter()
@@ -391,6 +430,9 @@ def findings_markdown(
         lines.append(f"| {f['claim']} | **{f['verdict']}** | {_interval_text(f)} | {nums} |")
     lines += ["", "How each verdict was computed:", ""]
     lines += [f"- *{f.claim}*: {f.explanation}" for f in findings]
+    if any(f.mechanism for f in findings):
+        lines += ["", "Which mechanism holds behind each verdict (measured in these runs):", ""]
+        lines += [f"- *{f.claim}*: {f.mechanism}" for f in findings if f.mechanism]
     lines += [
         "",
         "Steps, as equivalent command lines (in order; each is rerun only when its arguments or "

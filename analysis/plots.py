@@ -362,40 +362,51 @@ def symlog_linthresh(values: np.ndarray) -> float:
 
 @styled
 def activation_ecdf(table: pd.DataFrame, *, xscale: str = "auto") -> Figure:
-    """ECDFs of activation values (left) and per-channel means (right), natural vs adversarial;
-    one row per (model, layer). ``xscale``: ``auto`` (symlog where :func:`mass_near_zero`),
-    ``symlog`` or ``linear``; a symlog axis is linear within +-:func:`symlog_linthresh`."""
+    """ECDFs of activation values and of per-channel means, natural vs adversarial: one row
+    per model, and for each of its layers two panels (values, channel means), so that two
+    layers of three models fit one printed page at a readable size. ``xscale``: ``auto``
+    (symlog where :func:`mass_near_zero`), ``symlog`` or ``linear``; a symlog axis is linear
+    within +-:func:`symlog_linthresh`."""
     import seaborn as sns
 
     if xscale not in ("auto", "symlog", "linear"):
         raise ValueError(f"xscale must be auto, symlog or linear, not {xscale!r}")
     pairs = list(dict.fromkeys(zip(table["model"], table["layer"])))
+    models = list(dict.fromkeys(m for m, _ in pairs))
+    layers = {m: [lay for mm, lay in pairs if mm == m] for m in models}
+    ncols = len(STAT_TITLES) * max(len(v) for v in layers.values())
     fig, axes = plt.subplots(
-        len(pairs),
-        len(STAT_TITLES),
-        figsize=(MAX_WIDTH, min(2.2, MAX_HEIGHT / max(1, len(pairs))) * len(pairs)),
+        len(models),
+        ncols,
+        figsize=(MAX_WIDTH, min(2.0, MAX_HEIGHT / max(1, len(models))) * len(models)),
         squeeze=False,
     )
-    for i, (model, layer) in enumerate(pairs):
-        for j, stat in enumerate(STAT_TITLES):
-            ax = axes[i, j]
-            sub = table[(table.model == model) & (table.layer == layer) & (table.stat == stat)]
-            sns.ecdfplot(
-                data=sub,
-                x="value",
-                hue="kind",
-                hue_order=[k for k in KIND_COLORS if k in set(sub["kind"])],
-                palette=KIND_COLORS,
-                ax=ax,
-            )
-            log = xscale == "symlog" or (xscale == "auto" and mass_near_zero(sub["value"]))
-            if log:
-                ax.set_xscale("symlog", linthresh=symlog_linthresh(sub["value"]))
-                if len(sub) and float(sub["value"].min()) >= 0:
-                    ax.set_xlim(left=0)
-            ax.set_title(f"{model} · {layer}: {STAT_TITLES[stat]}", fontsize=9)
-            ax.set_xlabel("value" + (" (symlog)" if log else ""))
-            ax.set_ylabel("fraction ≤ value")
+    for i, model in enumerate(models):
+        for k in range(ncols):
+            if k // len(STAT_TITLES) >= len(layers[model]):
+                axes[i, k].set_axis_off()
+        for li, layer in enumerate(layers[model]):
+            for j, stat in enumerate(STAT_TITLES):
+                ax = axes[i, li * len(STAT_TITLES) + j]
+                sub = table[(table.model == model) & (table.layer == layer) & (table.stat == stat)]
+                sns.ecdfplot(
+                    data=sub,
+                    x="value",
+                    hue="kind",
+                    hue_order=[k for k in KIND_COLORS if k in set(sub["kind"])],
+                    palette=KIND_COLORS,
+                    ax=ax,
+                )
+                log = xscale == "symlog" or (xscale == "auto" and mass_near_zero(sub["value"]))
+                if log:
+                    ax.set_xscale("symlog", linthresh=symlog_linthresh(sub["value"]))
+                    if len(sub) and float(sub["value"].min()) >= 0:
+                        ax.set_xlim(left=0)
+                short = "values" if stat == "activation" else "channel means"
+                ax.set_title(f"{model} · {layer}\n{short}", fontsize=8)
+                ax.set_xlabel("value" + (" (symlog)" if log else ""), fontsize=7)
+                ax.set_ylabel("fraction ≤ value" if li == 0 and j == 0 else "")
+                ax.tick_params(labelsize=7)
     _seaborn_legend_on_top(fig, axes)
     fig.tight_layout()
     return fig
@@ -413,7 +424,7 @@ def activation_violin(table: pd.DataFrame, summary: pd.DataFrame) -> Figure:
     fig, axes = plt.subplots(
         len(models),
         len(STAT_TITLES),
-        figsize=(MAX_WIDTH, min(3.0, MAX_HEIGHT / max(1, len(models))) * len(models)),
+        figsize=(MAX_WIDTH, min(2.6, MAX_HEIGHT / max(1, len(models))) * len(models)),
         squeeze=False,
     )
     for i, model in enumerate(models):

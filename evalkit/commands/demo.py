@@ -11,11 +11,12 @@ Run the whole pipeline offline on the bundled Fashion-MNIST subset (fashion-mnis
   1. train three small CNNs: standard, PGD-AT, and PGD-AT + CAS (channel-wise activation
      suppressing, Bai et al. 2021);
   2. attack each with the harness's 'fast' preset (FGSM, PGD-10, CW-inf-10, AutoAttack
-     APGD-CE + APGD-DLR; joint-loss variants for CAS) at eps 8/255 on a few hundred test images;
+     APGD-CE + APGD-DLR; joint-loss variants for CAS) at eps 2/255, 4/255, 6/255 and 8/255 on
+     300 test images, every accuracy with its 95% interval;
   3. run the channel-activation study on all three (natural vs adversarial, CAS Figures 1-2);
-  4. write OUT/report.html (and OUT/report.pdf when WeasyPrint works) and print where it is.
+  4. write OUT/report.html and OUT/report.pdf (unless --no-pdf) and print where they are.
 
-It takes about three minutes on two CPU cores. The numbers come from tiny models trained for a
+It takes about three and a half minutes on two CPU cores (one and a half before the eps sweep). The numbers come from tiny models trained for a
 few epochs: they show the pipeline and the qualitative gap, not paper-grade robustness.
 """
 

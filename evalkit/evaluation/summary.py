@@ -100,6 +100,7 @@ def per_example_table(
     n = len(df)
     grouped = _by_attack(records)
     clean_p = df["clean_p"].to_numpy()
+    out: dict[str, Any] = {}  # all attack columns at once (one concat, no fragmented frame)
     for b in budgets:
         running = clean_p.copy()
         broken_by = np.where(clean_p < 1.0, "clean", "").astype(object)
@@ -120,17 +121,18 @@ def per_example_table(
             broken_by[lowered] = plan.id
             running = np.where(attacked, np.minimum(running, np.nan_to_num(p, nan=1.0)), running)
             prefix = f"{plan.id}@{b.label}"
-            df[f"{prefix}:pred"] = pred
-            df[f"{prefix}:margin"] = margin
-            df[f"{prefix}:norm"] = norm
-            df[f"{prefix}:p"] = p
+            out[f"{prefix}:pred"] = pred
+            out[f"{prefix}:margin"] = margin
+            out[f"{prefix}:norm"] = norm
+            out[f"{prefix}:p"] = p
             if compaction:
-                df[f"{prefix}:score"] = running.copy()
+                out[f"{prefix}:score"] = running.copy()
             else:
-                df[f"{prefix}:score"] = np.where(attacked, np.minimum(clean_p, p), clean_p)
-        df[f"worst@{b.label}:score"] = running
-        df[f"worst@{b.label}:robust"] = running >= 1.0
-        df[f"worst@{b.label}:broken_by"] = np.where(running >= 1.0, "", broken_by).astype(str)
+                out[f"{prefix}:score"] = np.where(attacked, np.minimum(clean_p, p), clean_p)
+        out[f"worst@{b.label}:score"] = running
+        out[f"worst@{b.label}:robust"] = running >= 1.0
+        out[f"worst@{b.label}:broken_by"] = np.where(running >= 1.0, "", broken_by).astype(str)
+    df = pd.concat([df, pd.DataFrame(out, index=df.index)], axis=1)
     if class_names:
         df.insert(
             2,

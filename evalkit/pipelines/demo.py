@@ -5,7 +5,8 @@ Trains a standard, a PGD-AT and an AT+CAS small CNN on the bundled Fashion-MNIST
 (:func:`evalkit.evaluation.api.evaluate`), runs the analyses of :func:`demo_analyses` on all
 three (:func:`evalkit.analyses.analyze`: channel magnitude/uniformity, and activation-value
 distributions natural vs adversarial at two layers per model) and renders the report
-(:func:`evalkit.reporting.report`). Sizes fit about three minutes on two CPU cores; ``fast``
+(:func:`evalkit.reporting.report`). Sizes fit about 3.5 minutes on two CPU cores (3.4 measured,
+most of it the four-eps sweep of the evaluation); ``fast``
 shrinks them further for tests. Nothing touches the network.
 """
 
@@ -29,7 +30,7 @@ MODELS = (("standard", "standard"), ("pgd-at", "at"), ("at-cas", "at+cas"))
 
 @dataclass(frozen=True)
 class DemoSizes:
-    """How much work each stage does; the defaults fit the three-minute budget."""
+    """How much work each stage does; the defaults fit about 3.5 minutes on two CPU cores."""
 
     n_train: int = 4000
     epochs: int = 4

@@ -88,8 +88,8 @@ def _sorted_pair(sub: pd.DataFrame, col: str, sort: str) -> tuple[np.ndarray, np
     adv = sub[f"{col}_adversarial"].to_numpy()
     if sort == "natural":
         order = np.argsort(-nat, kind="stable")
-        return nat[order], adv[order], "channels sorted by natural magnitude"
-    return np.sort(nat)[::-1], np.sort(adv)[::-1], "channels, each curve sorted independently"
+        return nat[order], adv[order], "channel rank (natural magnitude)"
+    return np.sort(nat)[::-1], np.sort(adv)[::-1], "channel rank (each curve sorted)"
 
 
 def _magnitude_axes(ax: Any, sub: pd.DataFrame, col: str, sort: str, title: str) -> None:

@@ -203,7 +203,10 @@ def analysis_tables(a: dict[str, Any]) -> dict[str, Any]:
             for j in range(len(t["columns"]))
             if rows and all(r[j].num for r in rows if j < len(r))
         }
-        key = 2 if len(t["columns"]) > 2 and not ({0, 1} & num) else 1
+        # the leading text columns (e.g. model, layer, kind, stat) name a row: every printed
+        # part repeats them
+        key = next((j for j in range(len(t["columns"])) if j in num), len(t["columns"]))
+        key = max(1, min(key, 4, len(t["columns"]) - 1))
         view = Table(
             t["columns"],
             rows,

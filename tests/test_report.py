@@ -656,3 +656,36 @@ def test_distributions_options_are_checked(tmp_path: Path, options: dict, messag
             progress=False,
             **options,
         )
+
+
+def test_uninformative_plots_are_replaced() -> None:
+    """A one-epoch history is a table, not dots on a flat axis; a channel-count panel where the
+    median channel is active on (nearly) every image states its numbers instead of a flat bar."""
+    import pandas as pd
+
+    from analysis.plots import channel_comparison, frequency_saturated
+    from reports.plots import history_plot, history_single
+
+    one = [{"epoch": 1, "train_loss": 0.5, "train_acc": 0.8}]
+    assert history_plot(one) is None and ("train_acc", "0.8") in history_single(one)
+    two = [*one, {"epoch": 2, "train_loss": 0.4, "train_acc": 0.85}]
+    assert history_plot(two) is not None and history_single(two) == []
+
+    def channels(model: str, counts: list[int]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "model": model,
+                "count_natural": counts,
+                "count_adversarial": counts,
+                "magnitude_natural": [0.5] * len(counts),
+                "magnitude_adversarial": [0.4] * len(counts),
+            }
+        )
+
+    flat, varied = channels("flat", [200] * 60 + [190] * 4), channels("cas", list(range(100, 164)))
+    assert frequency_saturated(flat, 200) and not frequency_saturated(varied, 200)
+    fig = channel_comparison(pd.concat([flat, varied]), "magnitude", sort="natural", n_examples=200)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("flat at the maximum" in t and "200" in t for t in texts)
+    assert fig.axes[2].axison is False and fig.axes[3].axison is True  # flat panel replaced
+    assert fig.get_size_inches()[0] <= 7.2  # printed at full size, fonts as drawn

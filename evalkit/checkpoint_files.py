@@ -8,14 +8,19 @@
   moving average: ``state_dict`` + ``state_dict_ema``, ``model`` + ``model_ema``, ``ema`` /
   ``ema_state_dict``, or one flat dict with ``ema.``-prefixed keys) is never read silently:
   ``weights_set="ema"`` or ``"raw"`` (CLI ``--weights-set``) picks one, and without it the load
-  is refused naming the flag. Published robust accuracies usually come from the EMA copy.
+  is refused naming the flag. Published robust accuracies usually come from the EMA copy. The
+  choice is an argument of :func:`evalkit.checkpoint.load_model`; :func:`weights_set_choice`
+  sets it for every loader inside a ``with`` block (how :func:`evalkit.evaluate` reaches the
+  loaders of every model source without changing their signatures).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,22 @@ RAW_KEYS = ("state_dict", "model_state_dict", "model", "net")
 #: prefixes of EMA copies stored in one flat state_dict next to the raw weights
 EMA_PREFIXES = ("ema.", "ema_model.", "model_ema.", "module_ema.")
 WEIGHT_SETS = ("ema", "raw")
+_CHOICE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "evalkit_weights_set", default=None
+)
+
+
+@contextlib.contextmanager
+def weights_set_choice(weights_set: str | None) -> Iterator[None]:
+    """Inside the block, :func:`select_weights` uses ``weights_set`` when its caller passes
+    none (None: no choice, as outside the block)."""
+    if weights_set is not None and weights_set not in WEIGHT_SETS:
+        raise CheckpointError(f"weights_set must be ema or raw, not {weights_set!r}")
+    token = _CHOICE.set(weights_set)
+    try:
+        yield
+    finally:
+        _CHOICE.reset(token)
 
 
 def resolve_checkpoint_path(path: str | Path, *, quiet: bool = False) -> Path:
@@ -122,6 +143,8 @@ def select_weights(
     ``obj`` holds no recognisable weights (the caller reports that). Raises
     :class:`CheckpointError` when several sets exist and ``weights_set`` is None, or when the
     asked-for set is absent."""
+    if weights_set is None:
+        weights_set = _CHOICE.get()
     if weights_set is not None and weights_set not in WEIGHT_SETS:
         raise CheckpointError(f"weights_set must be ema or raw, not {weights_set!r}")
     sets = weight_sets(obj)

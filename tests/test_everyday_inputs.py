@@ -94,16 +94,22 @@ def _two_sets(tmp_path: Path, layout: str) -> tuple[Path, torch.nn.Module, torch
 
 @pytest.mark.parametrize("layout", ["state_dict+state_dict_ema", "model+model_ema", "flat-ema"])
 def test_two_weight_sets_are_never_chosen_silently(tmp_path: Path, layout: str) -> None:
+    from evalkit.checkpoint import load_model
+    from evalkit.checkpoint_files import weights_set_choice
     from evalkit.models.sources import load_any
 
     path, raw, ema = _two_sets(tmp_path, layout)
     kw = dict(arch="smallcnn", dataset="fashion-mnist-mini")
-    with pytest.raises(EvalkitError) as err:
-        load_any(path, **kw)
-    assert "--weights-set ema|raw" in str(err.value) and one_line(str(err.value))
+    for load in (load_model, load_any):
+        with pytest.raises(EvalkitError) as err:
+            load(path, **kw)
+        assert "--weights-set ema|raw" in str(err.value) and one_line(str(err.value))
     x, _ = _data(4)
     for which, ref in (("ema", ema), ("raw", raw)):
-        model, _ = load_any(path, weights_set=which, **kw)
+        model, _ = load_model(path, weights_set=which, **kw)
+        assert torch.equal(model(x), ref(x)), which
+        with weights_set_choice(which):  # how evaluate() reaches every model source
+            model, _ = load_any(path, **kw)
         assert torch.equal(model(x), ref(x)), which
 
 
@@ -144,10 +150,10 @@ def test_weights_set_reaches_config_and_the_cli(
     cfg = json.loads((tmp_path / "cli-ema" / "config.json").read_text())
     assert cfg["weights_set"] == "ema" and cfg["model_sha256"] == res.fingerprints["model_sha256"]
     with pytest.raises(EvalkitError, match="holds no ema weights"):
-        from evalkit.models.sources import load_any
+        from evalkit.checkpoint import load_model
 
         torch.save({"state_dict": ema.state_dict()}, tmp_path / "one.pt")
-        load_any(
+        load_model(
             tmp_path / "one.pt", arch="smallcnn", dataset="fashion-mnist-mini", weights_set="ema"
         )
 

@@ -89,7 +89,7 @@ def resolve_model(
         raise EvalkitError(
             f"model must be an nn.Module or a path/spec string, not {type(model).__name__}"
         )
-    from evalkit.checkpoint_files import resolve_checkpoint_path
+    from evalkit.checkpoint_files import resolve_checkpoint_path, weights_set_choice
     from evalkit.models.sources import load_any
 
     if isinstance(model, (str, Path)) and Path(str(model)).is_dir():
@@ -103,20 +103,20 @@ def resolve_model(
             "weights go with a factory model spec (pkg.module:factory or file.py:factory); "
             f"{spec} already holds its weights"
         )
-    net, meta = load_any(
-        spec,
-        ckpt=weights,
-        arch=arch,
-        dataset=dataset,
-        normalize=normalize,
-        force_normalize=force_normalize,
-        output=output,
-        defense=defense,
-        params=params,
-        model_dir=model_dir,
-        weights_set=weights_set,
-        device=device,
-    )
+    with weights_set_choice(weights_set):  # every model source's loader sees the choice
+        net, meta = load_any(
+            spec,
+            ckpt=weights,
+            arch=arch,
+            dataset=dataset,
+            normalize=normalize,
+            force_normalize=force_normalize,
+            output=output,
+            defense=defense,
+            params=params,
+            model_dir=model_dir,
+            device=device,
+        )
     desc = meta.describe()
     desc["weights_set"] = weights_set
     ds = desc.get("dataset")

@@ -122,9 +122,7 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"cannot read {path}: corrupt safetensors file ({msg})") from None
 
 
-def read_weights(
-    path: str | Path, weights_set: str | None = None
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(state_dict, recorded)`` from a ``.safetensors`` file, an evalkit checkpoint (either
     kind) or a foreign ``.pt``; ``recorded`` holds what an evalkit checkpoint says about the
     module (``mean``, ``std``, ``in_channels``, ``input_size``, ``num_classes``, ``dataset``,
@@ -133,7 +131,7 @@ def read_weights(
     if path.suffix.lower() == ".safetensors":
         return read_safetensors(path), {}
     obj = read_checkpoint_file(path)
-    state = weights_of(obj, path, weights_set)
+    state = weights_of(obj, path)
     recorded: dict[str, Any] = {}
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         keys = ("mean", "std", "in_channels", "input_size", "num_classes", "dataset", "factory")
@@ -284,7 +282,6 @@ def _from_checkpoint(spec: str, path: Path, obj: Any, kw: dict[str, Any], source
         force_normalize=kw["force_normalize"],
         num_classes=kw["num_classes"],
         params=kw["params"],
-        weights_set=kw["weights_set"],
     )
     info = meta.describe()
     shape = (meta.in_channels, meta.input_size, meta.input_size)
@@ -350,7 +347,7 @@ def _load_factory(spec: str, kw: dict[str, Any]) -> tuple[nn.Module, dict[str, A
     recorded: dict[str, Any] = {}
     note = ""
     if kw["ckpt"]:
-        state, recorded = read_weights(kw["ckpt"], kw["weights_set"])
+        state, recorded = read_weights(kw["ckpt"])
         if recorded.get("model_kind") == EXTERNAL and recorded.get("factory") not in (None, spec):
             note = f"checkpoint was saved from factory {recorded['factory']!r}"
         load_weights_into(model, state, source=kw["ckpt"], what=f"the module built by {spec}")
@@ -421,12 +418,7 @@ def _load_robustbench(spec: str, kw: dict[str, Any]) -> tuple[nn.Module, dict[st
     obj = read_checkpoint_file(weights)
     if isinstance(obj, dict) and isinstance(obj.get("last"), dict):
         obj = obj["last"]  # a few entries keep {'last': ..., 'best': ...}
-    load_weights_into(
-        model,
-        weights_of(obj, weights, kw["weights_set"]),
-        source=weights,
-        what=f"{ref} as {how}",
-    )
+    load_weights_into(model, weights_of(obj, weights), source=weights, what=f"{ref} as {how}")
     norm = _normalization(kw["normalize"], None, None, shape[0], str(weights), True)
     model = wrap(model, mean=norm[0], std=norm[1]) if norm else model
     meta = _meta(
@@ -470,7 +462,6 @@ def load_any(
     model_dir: str | Path | None = None,
     factory: str | None = None,
     params: dict[str, Any] | None = None,
-    weights_set: str | None = None,
 ) -> tuple[nn.Module, SourceMeta]:
     """Load the model named by ``spec`` (see the module docstring) and probe it.
 
@@ -486,19 +477,10 @@ def load_any(
     (``{"sap_frac": 0.5}``, overriding recorded ones). ``output``: how to read logits (see
     :mod:`evalkit.models.wrap`). ``model_dir``: RobustBench's folder (default ``./models``).
     ``factory``: the architecture for a ``robustbench:`` entry evalkit does not know.
-    ``weights_set``: ``"ema"`` or ``"raw"`` for a file holding both weight sets (refused
-    without it, :mod:`evalkit.checkpoint_files`). A folder given as ``spec`` (or ``ckpt``) is
-    resolved to the single checkpoint file inside, and the file used is printed.
 
     Raises :class:`EvalkitError` (subclass :class:`CheckpointError` for file problems) with a
     one-line message naming the fix.
     """
-    from evalkit.checkpoint_files import resolve_checkpoint_path
-
-    if Path(str(spec)).is_dir():
-        spec = resolve_checkpoint_path(spec)
-    if ckpt is not None and Path(str(ckpt)).is_dir():
-        ckpt = resolve_checkpoint_path(ckpt)
     spec = str(spec)
     kw: dict[str, Any] = dict(
         num_classes=num_classes,
@@ -515,7 +497,6 @@ def load_any(
         model_dir=model_dir,
         factory=factory,
         params=params,
-        weights_set=weights_set,
     )
     if num_classes is not None and num_classes < 2:
         raise EvalkitError(f"num_classes must be >= 2, got {num_classes}")

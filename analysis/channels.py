@@ -413,6 +413,7 @@ def run_channel_study(
         "activated": "magnitude_activated",
         "paper_running": "magnitude_paper_running",
     }[magnitude]
+    single = len(results) == 1  # with several models the comparison figure shows them all
     for r in results:
         sub = df[df.model == r.label]
         slug = file_slug(r.label)
@@ -420,11 +421,13 @@ def run_channel_study(
             plots.magnitude_plot(sub, col, sort=sort, title=r.label),
             f"magnitude_{slug}",
             f"{r.label}: per-channel {magnitude} magnitude, natural vs adversarial ({sort} sort)",
+            in_report=single,
         )
         writer.figure(
             plots.frequency_plot(sub, n_examples=len(r.f_nat), title=r.label),
             f"frequency_{slug}",
             f"{r.label}: activation count per channel, sorted by the natural count",
+            in_report=single,
         )
     if len(results) > 1:
         writer.figure(
@@ -435,7 +438,8 @@ def run_channel_study(
     writer.figure(
         plots.channel_scalars(scalars),
         "scalars",
-        "mean magnitude and normalised entropy of the activation frequency, per model",
+        "mean magnitude and Gini coefficient of the activation counts (0 = uniform), per model; "
+        "tail share when recorded",
     )
     params = {
         "eps": eps,

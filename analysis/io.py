@@ -66,8 +66,12 @@ class AnalysisWriter:
         self.tables.append(entry)
         return entry
 
-    def figure(self, fig: Any, name: str, caption: str = "") -> dict[str, Any]:
-        """Save a matplotlib figure as ``name.png`` (150 dpi) and ``name.svg``, then close it."""
+    def figure(
+        self, fig: Any, name: str, caption: str = "", *, in_report: bool = True
+    ) -> dict[str, Any]:
+        """Save a matplotlib figure as ``name.png`` (150 dpi) and ``name.svg``, then close it.
+        ``in_report=False`` keeps the files but tells the report to leave the figure out (e.g.
+        per-model figures that a comparison figure already shows side by side)."""
         import matplotlib.pyplot as plt
 
         for ext, kw in (("png", {"dpi": 150}), ("svg", {})):
@@ -76,6 +80,8 @@ class AnalysisWriter:
             atomic_write_bytes(self.out / f"{name}.{ext}", buf.getvalue())
         plt.close(fig)
         entry = {"name": name, "png": f"{name}.png", "svg": f"{name}.svg", "caption": caption}
+        if not in_report:
+            entry["in_report"] = False
         self.figures.append(entry)
         return entry
 

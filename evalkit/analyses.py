@@ -26,6 +26,7 @@ import importlib
 import inspect
 import json
 import pkgutil
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ import torch
 import torch.nn as nn
 
 from evalkit.errors import DataError, EvalkitError
+from evalkit.utils.io import atomic_write_json
+from evalkit.utils.suggest import did_you_mean, with_hint
 
 ANALYSIS_PACKAGE = "analysis"
 
@@ -111,7 +114,10 @@ def get_analysis(name: str) -> AnalysisSpec:
     if name not in known:
         broken = "; ".join(f"{m} did not import ({e})" for m, e in _IMPORT_ERRORS.items())
         raise EvalkitError(
-            f"unknown analysis {name!r} (known: {', '.join(known) or 'none'})"
+            with_hint(
+                f"unknown analysis {name!r} (known: {', '.join(known) or 'none'})",
+                did_you_mean(name, known),
+            )
             + (f"; {broken}" if broken else "")
         )
     return known[name]
@@ -403,6 +409,14 @@ def analyze(
         split = split.of_class(class_k)
         if len(split) == 0:
             raise EvalkitError(f"no examples of class {class_k} in the data")
+    short = n is not None and n > len(split)
+    if short:  # recorded and said, never a silent cut (class_k narrows the data first)
+        where = f" of class {class_k}" if class_k is not None else ""
+        short_note = (
+            f"n={n} was asked for but the data holds {len(split)} examples{where}: "
+            f"all {len(split)} were analysed"
+        )
+        print(f"evalkit analyze: {short_note}", file=sys.stderr)
     split = split.first(n)
     folder = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix=f"evalkit-{analysis}-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -425,6 +439,10 @@ def analyze(
     value = spec.fn(inputs, **options)
     doc_path = folder / "analysis.json"
     doc = json.loads(doc_path.read_text()) if doc_path.exists() else {}
+    if short and doc:
+        doc["n_requested"] = n
+        doc["notes"] = [*(doc.get("notes") or []), short_note]
+        atomic_write_json(doc_path, doc)
     return AnalysisResult(analysis=analysis, out=folder, doc=doc, value=value)
 
 

@@ -222,17 +222,9 @@ def external_note(factory: str | None) -> str:
 
 def read_checkpoint_file(path: str | Path) -> Any:
     """``torch.load(weights_only=True)`` with one-line errors for every way it can fail."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path} (check the --ckpt path)")
-    if path.is_dir():
-        cand = path / "checkpoint.pt"
-        if cand.exists():
-            path = cand
-        else:
-            raise CheckpointError(
-                f"{path} is a directory without checkpoint.pt (pass the .pt file)"
-            )
+    from evalkit.checkpoint_files import resolve_checkpoint_path
+
+    path = resolve_checkpoint_path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -394,14 +386,17 @@ def read_meta(obj: Any, path: str | Path | None = None) -> CheckpointMeta:
     )
 
 
-def weights_of(obj: Any, source: str | Path | None) -> dict[str, torch.Tensor]:
+def weights_of(
+    obj: Any, source: str | Path | None, weights_set: str | None = None
+) -> dict[str, torch.Tensor]:
     """The state_dict of anything :func:`read_checkpoint_file` returns (an evalkit checkpoint of
-    either kind, or a foreign layout); :class:`CheckpointError` when there is none."""
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        state = obj.get("state_dict")
-        if isinstance(state, dict):
-            return state
-    state = find_state_dict(obj)
+    either kind, or a foreign layout); :class:`CheckpointError` when there is none, and when the
+    file holds raw and EMA weights and ``weights_set`` (``"ema"``/``"raw"``) does not say which
+    (:func:`evalkit.checkpoint_files.select_weights`)."""
+    from evalkit.checkpoint_files import select_weights
+
+    chosen, _ = select_weights(obj, source, weights_set)
+    state = dict(chosen) if chosen is not None else None
     if state is None:
         raise CheckpointError(
             f"{source} holds neither an evalkit checkpoint nor a state_dict of tensors"
@@ -436,6 +431,7 @@ def load_model(
     force_normalize: bool = False,
     num_classes: int | None = None,
     params: dict[str, Any] | None = None,
+    weights_set: str | None = None,
 ) -> tuple[nn.Module, CheckpointMeta]:
     """Load a checkpoint (evalkit's own, or a foreign state_dict with ``arch`` + ``dataset``).
 
@@ -443,9 +439,14 @@ def load_model(
     ``normalize`` sets a foreign model's input normalization; for an evalkit checkpoint, which
     records its own, a different value is refused unless ``force_normalize``. ``num_classes``
     (foreign only) is checked against the classifier's rows. ``params`` (defense parameters,
-    e.g. ``{"sap_frac": 0.5}``) override the recorded ones. The returned model is in eval mode
-    on ``device``. Raises :class:`CheckpointError` (one line) on any problem.
+    e.g. ``{"sap_frac": 0.5}``) override the recorded ones. ``weights_set`` (``"ema"`` or
+    ``"raw"``) picks the weights of a file holding both; without it such a file is refused. The
+    returned model is in eval mode on ``device``. Raises :class:`CheckpointError` (one line) on
+    any problem.
     """
+    from evalkit.checkpoint_files import resolve_checkpoint_path
+
+    path = resolve_checkpoint_path(path)
     obj = read_checkpoint_file(path)
     return model_from_object(
         obj,
@@ -459,6 +460,7 @@ def load_model(
         force_normalize=force_normalize,
         num_classes=num_classes,
         params=params,
+        weights_set=weights_set,
     )
 
 
@@ -475,12 +477,13 @@ def model_from_object(
     force_normalize: bool = False,
     num_classes: int | None = None,
     params: dict[str, Any] | None = None,
+    weights_set: str | None = None,
 ) -> tuple[nn.Module, CheckpointMeta]:
     """:func:`load_model` on an already-read object (an evalkit checkpoint dict, or a
     state_dict in any foreign layout, e.g. read from ``.safetensors``); ``source`` names it."""
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         meta = read_meta(obj, source)
-        state = obj["state_dict"]
+        state = weights_of(obj, source, weights_set)
         if normalize is not None and not _same_normalization(normalize, meta.mean, meta.std):
             if not force_normalize:
                 raise CheckpointError(
@@ -489,11 +492,7 @@ def model_from_object(
                 )
             meta.mean, meta.std = _expand(normalize, meta.in_channels)
     else:
-        state = find_state_dict(obj)
-        if state is None:
-            raise CheckpointError(
-                f"{source} holds neither an evalkit checkpoint nor a state_dict of tensors"
-            )
+        state = weights_of(obj, source, weights_set)
         if not arch or not dataset:
             raise CheckpointError(
                 f"{source} is a plain state_dict without metadata: pass --arch and --dataset "

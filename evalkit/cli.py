@@ -18,7 +18,7 @@ from evalkit.errors import EvalkitError
 COMMANDS = {
     "train": "train a classifier with a defense SPEC (standard, at, trades, mart, at+cas, ...)",
     "attack": "evaluate a checkpoint under attacks (FGSM, PGD, CW, AutoAttack, ...)",
-    "analyze": "channel activation, importance, pooling and SAP-EOT studies",
+    "analyze": "analyses: channels, importance, pooling, sap-eot, distributions",
     "report": "render run directories into an HTML (and PDF) robustness report",
     "demo": "offline end-to-end run on the bundled Fashion-MNIST subset",
     "study": "run a named reproduction study of the seed papers",
@@ -86,8 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"evalkit {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        hint = getattr(module, "interrupted_hint", None)
+        text = hint(args, argv) if hint is not None else None
         print(
-            f"evalkit {command}: interrupted; completed work is saved (rerun with --resume)",
+            f"evalkit {command}: interrupted; "
+            + (text or "completed work is saved (rerun with --resume)"),
             file=sys.stderr,
         )
         return 130

@@ -21,6 +21,8 @@ from reports import plots
 from reports.analysis_view import analysis_context
 from reports.diagnostics_view import diagnostics_context, health_context
 from reports.fmt import MISSING, pct, pretty
+from reports.intervals import clean_ci, method_note, pct_ci, row_ci
+from reports.layout import analysis_tables, board_table, run_tables
 from reports.perclass import per_class_rows
 from reports.provenance import (
     adaptive_context,
@@ -70,22 +72,24 @@ def _pivot(run: RunData) -> dict[str, Any]:
     eps_values = [e for e in eps_values if e == e]  # drop NaN
     attacks: dict[str, dict[float, Any]] = {}
     for r in run.results:
-        attacks.setdefault(str(r["attack"]), {})[eps_key(r)] = r.get("robust_accuracy")
+        attacks.setdefault(str(r["attack"]), {})[eps_key(r)] = pct_ci(
+            r.get("robust_accuracy"), row_ci(r, run)
+        )
     probes = probe_ids(run)
     rows = [
         {
             "attack": a,
             "probe": a in probes,
-            "cells": [pct(cells.get(e)) if e in cells else "" for e in eps_values],
+            "cells": [cells[e] if e in cells else "" for e in eps_values],
         }
         for a, cells in attacks.items()
     ]
-    worst = {eps_key(r): r.get("robust_accuracy") for r in run.worst_case}
+    worst = {eps_key(r): pct_ci(r.get("robust_accuracy"), row_ci(r, run)) for r in run.worst_case}
     return {
         "eps": [fmt_eps(e) for e in eps_values],
         "rows": rows,
         "cumulative": any(r.get("cumulative") for r in run.results),
-        "worst": [pct(worst.get(e)) if e in worst else "" for e in eps_values],
+        "worst": [worst[e] if e in worst else "" for e in eps_values],
         "all_draws": all_draws_row(run, eps_values),
         "any_probe": bool(probes),
     }
@@ -99,6 +103,7 @@ DETAIL_SKIP = {
     "cumulative",
     "white_box",
     "details",
+    "robust_accuracy_ci",
 }
 
 
@@ -135,7 +140,7 @@ def _details(run: RunData) -> dict[str, Any]:
         {
             "attack": r["attack"],
             "eps": fmt_eps(r.get("eps")),
-            "acc": pct(r.get("robust_accuracy")),
+            "acc": pct_ci(r.get("robust_accuracy"), row_ci(r, run)),
             "cells": [pretty(r.get(k)) if k in r else "" for k in keys],
             "details": describe_details(r.get("details")),
         }
@@ -231,6 +236,7 @@ def _model_card(run: RunData) -> dict[str, Any]:
         "train_main": main or _kv(tc),
         "train_config": _kv(tc),
         "history_plot": plots.history_plot(history),
+        "history_single": plots.history_single(history),
         "history_len": len(history),
         "fingerprints": fingerprint_rows(run),
     }
@@ -241,7 +247,7 @@ def run_context(run: RunData, anchor: str) -> dict[str, Any]:
     pc_rows = per_class_rows(run)
     head = headline_context(run)
     robust_label = f"worst case @ {head['eps']}" if head else "robust"
-    return {
+    ctx = {
         "anchor": anchor,
         "label": run.label,
         "name": run.name,
@@ -263,9 +269,14 @@ def run_context(run: RunData, anchor: str) -> dict[str, Any]:
         "details": _details(run),
         "eps_plot": plots.eps_curve(run),
         "per_class": [
-            {**r, "clean_pct": pct(r.get("clean")), "robust_pct": pct(r.get("robust"))}
+            {
+                **r,
+                "clean_pct": pct_ci(r.get("clean"), r.get("clean_ci")),
+                "robust_pct": pct_ci(r.get("robust"), r.get("robust_ci")),
+            }
             for r in pc_rows
         ],
+        "interval_note": method_note(run),
         "per_class_label": robust_label,
         "per_class_plot": plots.per_class_plot(pc_rows, robust_label),
         "cost": cost_totals(run),
@@ -273,6 +284,16 @@ def run_context(run: RunData, anchor: str) -> dict[str, Any]:
         "sanity_budget": sanity_budget(run),
         "environment": _kv(run.summary.get("environment")),
     }
+    ctx["tables"] = run_tables(ctx)
+    return ctx
+
+
+def _worst_cell(run: RunData, eps: float) -> str:
+    """The run's worst case at ``eps`` with its interval ("" when it did not run that eps)."""
+    row = next((r for r in run.worst_case if eps_key(r) == eps_key(eps)), None)
+    if row is None or as_float(row.get("robust_accuracy")) is None:
+        return ""
+    return pct_ci(row.get("robust_accuracy"), row_ci(row, run))
 
 
 def leaderboard(runs: Sequence[RunData], anchors: Sequence[str]) -> dict[str, Any]:
@@ -307,23 +328,23 @@ def leaderboard(runs: Sequence[RunData], anchors: Sequence[str]) -> dict[str, An
                 "anchor": anchors[i],
                 "label": run.label,
                 "name": run.name,
-                "clean": pct(run.clean_accuracy),
+                "clean": pct_ci(run.clean_accuracy, clean_ci(run)),
                 "score": pct(score(run)) if score(run) >= 0 else MISSING,
-                "cells": [
-                    pct(run.worst_at(e)) if run.worst_at(e) is not None else "" for e in all_eps
-                ],
+                "cells": [_worst_cell(run, e) for e in all_eps],
                 "n": run.n_examples,
                 "flags": len(flags),
                 "preset": _protocol(run)["preset"],
                 "scoring": scoring_context(run)["short"],
             }
         )
-    return {
+    board = {
         "rank_eps": fmt_eps(rank_eps) if rank_eps is not None else None,
         "eps": [fmt_eps(e) for e in all_eps],
         "rows": rows,
         "plot": plots.comparison_plot([runs[i] for i in order], [runs[i].label for i in order]),
     }
+    board["table"] = board_table(board)
+    return board
 
 
 def _environment() -> jinja2.Environment:
@@ -372,13 +393,16 @@ def render_html(
             version=__version__,
             runs=contexts,
             board=leaderboard(runs, anchors) if len(runs) > 1 else None,
-            analyses=[
-                {**analysis_context(a), "anchor": _slug(f"analysis-{_study(a)}", used)}
-                for a in analyses
-            ],
+            analyses=[_analysis_view(a, _slug(f"analysis-{_study(a)}", used)) for a in analyses],
             n_flags=n_flags,
         )
     )
+
+
+def _analysis_view(data: AnalysisData, anchor: str) -> dict[str, Any]:
+    ctx = {**analysis_context(data), "anchor": anchor}
+    ctx["tables_view"] = analysis_tables(ctx)
+    return ctx
 
 
 def _study(data: AnalysisData) -> str:

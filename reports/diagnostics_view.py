@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from reports.runs import RunData
+from reports.tables import Cell, Table
 
 
 def _ci(iv: dict[str, Any] | None) -> str:
@@ -49,15 +50,38 @@ def diagnostics_context(run: RunData) -> dict[str, Any] | None:
             }
             for h in e.get("heads", [])
         ]
-        per_eps.append(
-            {
-                "eps": e["eps"],
-                "attacks": attacks,
-                "gap_worst": _gap(e["gap_worst"]),
-                "suspected": bool(e["gradient_masking_suspected"]),
-                "heads": heads,
-            }
+        verdict = (
+            "gradient masking suspected"
+            if e["gradient_masking_suspected"]
+            else "below the threshold or not significant"
         )
+        attack_table = Table(
+            [f"attack @ eps {e['eps']}", "kind", "robust % [95% CI]", "plain − this, points"],
+            [
+                [a["id"], a["kind"], Cell(a["robust"], num=True), Cell(a["gap"], num=True)]
+                for a in attacks
+            ]
+            + [["plain − strongest adaptive", verdict, "", Cell(_gap(e["gap_worst"]), num=True)]],
+            css="diagnostics-table",
+            num={2, 3},
+            row_css=[""] * len(attacks) + ["worst"],
+        )
+        head_table = (
+            Table(
+                ["head", "head clean %", "output clean %", "agrees with output %"]
+                + [f"selection changed by {pid} %" for pid, _ in heads[0]["flips"]],
+                [
+                    [str(h["head"]), h["clean"], h["output"], h["agreement"]]
+                    + [v for _, v in h["flips"]]
+                    for h in heads
+                ],
+                css="heads-table",
+                num=set(range(1, 4 + len(heads[0]["flips"]))),
+            )
+            if heads
+            else None
+        )
+        per_eps.append({"attacks": attack_table, "heads": head_table})
     return {
         "population": block.get("population"),
         "threshold": 100 * float(block.get("threshold", 0)),

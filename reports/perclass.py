@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from reports.intervals import valid
 from reports.runs import RunData, as_float, eps_key, fmt_eps
 
 
@@ -67,6 +68,7 @@ def _from_summary(run: RunData, eps: Any) -> list[dict[str, Any]]:
             if not isinstance(entry, dict):
                 continue
             robust = entry.get("worst_case", entry.get("robust_accuracy", entry.get("robust")))
+            robust_ci = entry.get("robust_accuracy_ci")
             rows.append(
                 {
                     "cls": entry.get("class", entry.get("label", i)),
@@ -74,9 +76,20 @@ def _from_summary(run: RunData, eps: Any) -> list[dict[str, Any]]:
                     "clean": as_float(entry.get("clean_accuracy", entry.get("clean"))),
                     "robust": _at_eps(robust, eps),
                     "n": entry.get("n", entry.get("n_examples")),
+                    "clean_ci": valid(entry.get("clean_accuracy_ci")),
+                    "robust_ci": valid(_ci_at_eps(robust_ci, eps)),
                 }
             )
     return rows
+
+
+def _ci_at_eps(value: Any, eps: Any) -> Any:
+    """The ``[low, high]`` entry for ``eps`` of a dict keyed by eps label."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if eps_key(k) == eps_key(eps) or str(k) == fmt_eps(eps):
+                return v
+    return None
 
 
 def _worst_column(columns: Any, eps: Any, suffix: str) -> str | None:
@@ -125,6 +138,9 @@ def _from_examples(run: RunData, eps: Any) -> list[dict[str, Any]]:
         robust = df[score_col].astype(float)
     elif robust_col:
         robust = df[robust_col].astype(bool).astype(float)
+    from evalkit.evaluation.intervals import score_interval
+
+    draws = int(as_float(run.scoring.get("draws")) or 1)
     rows = []
     for cls, idx in df.groupby("label").groups.items():
         rows.append(
@@ -133,6 +149,12 @@ def _from_examples(run: RunData, eps: Any) -> list[dict[str, Any]]:
                 "n": int(len(idx)),
                 "clean": float(clean.loc[idx].mean()),
                 "robust": float(robust.loc[idx].mean()) if robust is not None else None,
+                "clean_ci": tuple(score_interval(clean.loc[idx], draws).bounds),
+                "robust_ci": (
+                    tuple(score_interval(robust.loc[idx], draws).bounds)
+                    if robust is not None
+                    else None
+                ),
             }
         )
     return rows

@@ -20,7 +20,7 @@ matplotlib.use("Agg", force=False)
 from matplotlib import rc_context  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from reports.runs import RunData, as_float, eps_key, eps_value, fmt_eps  # noqa: E402
+from reports.runs import RunData, as_float  # noqa: E402
 
 RC = {
     "text.parse_math": False,
@@ -43,44 +43,109 @@ PALETTE = [
 ]
 
 
-def figure_to_data_uri(fig: Figure, dpi: int = 110) -> str:
-    """PNG-encode a figure as a ``data:image/png;base64`` URI."""
+#: the largest figure a printed A4 page shows whole (inches): text width, and page height
+#: under a heading and a caption
+PAGE_WIDTH_IN, PAGE_HEIGHT_IN = 7.3, 9.4
+
+
+class Plot(str):
+    """A figure's ``data:`` URI that also knows its natural size in inches (``width_in``,
+    ``height_in``), so the report shows it at the size its fonts were chosen for: never scaled
+    down on a printed page unless it is taller than the page (then it is scaled to fit, so no
+    part of it is cut off)."""
+
+    width_in: float | None = None
+    height_in: float | None = None
+
+    def __new__(cls, uri: str, size_in: tuple[float, float] | None = None) -> Plot:
+        obj = super().__new__(cls, uri)
+        obj.width_in, obj.height_in = size_in if size_in else (None, None)
+        return obj
+
+    @property
+    def style(self) -> str:
+        """CSS for the ``<img>``: its natural width, reduced so that its height fits a printed
+        page (and capped by ``max-width: 100%``)."""
+        if not self.width_in:
+            return ""
+        width = self.width_in
+        if self.height_in and self.height_in > PAGE_HEIGHT_IN:
+            width *= PAGE_HEIGHT_IN / self.height_in
+        return f"width: {width:.2f}in"
+
+
+def png_size_in(data: bytes, default_dpi: float = 100.0) -> tuple[float, float] | None:
+    """``(width, height)`` in inches of a PNG: pixels over the dpi recorded in the file
+    (matplotlib writes it), else ``default_dpi``. None when the bytes are not a readable image."""
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            dpi = float(im.info.get("dpi", (default_dpi, default_dpi))[0] or default_dpi)
+            return im.size[0] / dpi, im.size[1] / dpi
+    except Exception:  # noqa: BLE001 - an unreadable image is shown at the browser's size
+        return None
+
+
+def figure_to_data_uri(fig: Figure, dpi: int = 110) -> Plot:
+    """PNG-encode a figure as a ``data:image/png;base64`` URI (a :class:`Plot`)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    data = buf.getvalue()
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return Plot(uri, png_size_in(data, dpi))
+
+
+def legend_outside(ax: Any, **kw: Any) -> None:
+    """The legend right of the axes (outside the data), small but readable."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(
+            handles,
+            labels,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0.0,
+            frameon=False,
+            fontsize=8,
+            **kw,
+        )
 
 
 MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 
-def file_to_data_uri(path: Path) -> str:
+def file_to_data_uri(path: Path) -> Plot:
     """Embed an existing image file (PNG/SVG/JPEG). SVG shown through ``<img>`` cannot run script."""
     mime = MIME.get(path.suffix.lower(), "application/octet-stream")
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    data = path.read_bytes()
+    size = png_size_in(data) if path.suffix.lower() == ".png" else None
+    return Plot(f"data:{mime};base64," + base64.b64encode(data).decode("ascii"), size)
+
+
+def _history_keys(rows: Sequence[dict[str, Any]], word: str) -> list[str]:
+    return [
+        k
+        for k in rows[0]
+        if word in k.lower() and any(as_float(h.get(k)) is not None for h in rows)
+    ]
 
 
 def history_plot(history: Sequence[dict[str, Any]]) -> str | None:
-    """Loss and accuracies per epoch from a checkpoint's training history (None if empty)."""
+    """Loss and accuracies per epoch from a checkpoint's training history; None when there is
+    no history or only one epoch (a single point per curve shows nothing a table does not: the
+    report lists that epoch's values instead, :func:`history_single`)."""
     rows = [h for h in history if isinstance(h, dict)]
-    if not rows:
+    if len(rows) < 2:
         return None
     epochs = [as_float(h.get("epoch")) for h in rows]
     if any(e is None for e in epochs):
         epochs = [float(i + 1) for i in range(len(rows))]
-    acc_keys = [
-        k
-        for k in rows[0]
-        if "acc" in k.lower() and any(as_float(h.get(k)) is not None for h in rows)
-    ]
-    loss_keys = [
-        k
-        for k in rows[0]
-        if "loss" in k.lower() and any(as_float(h.get(k)) is not None for h in rows)
-    ]
+    acc_keys, loss_keys = _history_keys(rows, "acc"), _history_keys(rows, "loss")
     if not acc_keys and not loss_keys:
         return None
     with rc_context(RC):
-        fig = Figure(figsize=(6.4, 2.6))
+        fig = Figure(figsize=(6.6, 2.7))
         ax = fig.add_subplot(1, 2, 1)
         for i, key in enumerate(loss_keys):
             ax.plot(
@@ -93,8 +158,6 @@ def history_plot(history: Sequence[dict[str, Any]]) -> str | None:
             )
         ax.set_xlabel("epoch")
         ax.set_title("training loss")
-        if loss_keys:
-            ax.legend(fontsize=7)
         ax2 = fig.add_subplot(1, 2, 2)
         for i, key in enumerate(acc_keys):
             vals = [as_float(h.get(key)) for h in rows]
@@ -109,132 +172,97 @@ def history_plot(history: Sequence[dict[str, Any]]) -> str | None:
         ax2.set_xlabel("epoch")
         ax2.set_ylabel("%")
         ax2.set_title("accuracy")
-        if acc_keys:
-            ax2.legend(fontsize=7)
+        for a in (ax, ax2):
+            a.xaxis.get_major_locator().set_params(integer=True)
+            if a.get_legend_handles_labels()[0]:
+                a.legend(
+                    loc="upper center",
+                    bbox_to_anchor=(0.5, -0.28),
+                    ncol=2,
+                    frameon=False,
+                    fontsize=8,
+                )
         fig.tight_layout()
         return figure_to_data_uri(fig)
+
+
+def history_single(history: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The values of a one-epoch training history as ``(key, text)`` pairs (empty otherwise)."""
+    rows = [h for h in history if isinstance(h, dict)]
+    if len(rows) != 1:
+        return []
+    from reports.fmt import pretty
+
+    return [(str(k), pretty(v)) for k, v in rows[0].items() if v is not None]
 
 
 def eps_curve(run: RunData) -> str | None:
-    """Accuracy vs eps per attack plus the worst case; clean accuracy sits at eps = 0."""
-    by_attack: dict[str, list[tuple[float, float]]] = {}
-    for r in run.results:
-        eps, acc = eps_value(r), as_float(r.get("robust_accuracy"))
-        if eps is not None and acc is not None:
-            by_attack.setdefault(str(r["attack"]), []).append((eps, acc))
-    worst = [(eps_value(r), as_float(r.get("robust_accuracy"))) for r in run.worst_case]
-    worst = [(e, a) for e, a in worst if e is not None and a is not None]
-    if not by_attack and not worst:
-        return None
-    clean = run.clean_accuracy
-    with rc_context(RC):
-        fig = Figure(figsize=(5.2, 3.2))
-        ax = fig.add_subplot(1, 1, 1)
-        for i, (attack, pts) in enumerate(sorted(by_attack.items())):
-            pts = sorted(pts)
-            if clean is not None:
-                pts = [(0.0, clean), *pts]
-            ax.plot(
-                [p[0] for p in pts],
-                [100 * p[1] for p in pts],
-                marker="o",
-                ms=3,
-                lw=1,
-                color=PALETTE[i % len(PALETTE)],
-                label=attack,
-            )
-        if worst:
-            pts = sorted(worst)
-            if clean is not None:
-                pts = [(0.0, clean), *pts]
-            ax.plot(
-                [p[0] for p in pts],
-                [100 * p[1] for p in pts],
-                color="black",
-                lw=2.2,
-                ls="--",
-                marker="s",
-                ms=4,
-                label="worst case",
-            )
-        ticks = sorted(
-            {0.0, *(e for pts in by_attack.values() for e, _ in pts), *(e for e, _ in worst)}
-        )
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([fmt_eps(t) for t in ticks], rotation=45 if len(ticks) > 5 else 0)
-        proto = run.summary.get("protocol") if isinstance(run.summary.get("protocol"), dict) else {}
-        norm = {"linf": "L∞", "l2": "L2"}.get(str(proto.get("norm", "")).lower(), "")
-        ax.set_xlabel(f"eps ({norm + ' ' if norm else ''}radius in [0,1] pixel space)")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(-2, 102)
-        ax.legend(fontsize=7, loc="upper right")
-        fig.tight_layout()
-        return figure_to_data_uri(fig)
+    """Accuracy vs eps per attack plus the worst case (bold, dashed), each with 95% error bars;
+    clean accuracy sits at eps = 0 (:func:`reports.curves.accuracy_vs_eps`)."""
+    from reports.curves import accuracy_vs_eps, run_series
+
+    proto = run.summary.get("protocol") if isinstance(run.summary.get("protocol"), dict) else {}
+    return accuracy_vs_eps(run_series(run), norm=str(proto.get("norm", "")))
 
 
 def per_class_plot(rows: Sequence[dict[str, Any]], robust_label: str) -> str | None:
-    """Grouped bars of clean vs robust accuracy for each class."""
+    """Grouped bars of clean vs robust accuracy for each class, with 95% error bars where the
+    rows carry intervals (``clean_ci``, ``robust_ci``)."""
     rows = [r for r in rows if r.get("clean") is not None or r.get("robust") is not None]
     if not rows:
         return None
+
+    def bars(key: str) -> tuple[list[float], list[list[float]] | None]:
+        vals = [100 * (r.get(key) or 0) for r in rows]
+        cis = [r.get(f"{key}_ci") for r in rows]
+        if not any(cis):
+            return vals, None
+        low = [v - 100 * c[0] if c else 0.0 for v, c in zip(vals, cis)]
+        high = [100 * c[1] - v if c else 0.0 for v, c in zip(vals, cis)]
+        return vals, [low, high]
+
     with rc_context(RC):
-        fig = Figure(figsize=(6.4, 2.8))
+        fig = Figure(figsize=(6.6, 3.0))
         ax = fig.add_subplot(1, 1, 1)
         xs = list(range(len(rows)))
         width = 0.4
+        err = {"ecolor": "#333333", "capsize": 2, "error_kw": {"elinewidth": 0.8}}
+        clean, clean_err = bars("clean")
+        robust, robust_err = bars("robust")
         ax.bar(
             [x - width / 2 for x in xs],
-            [100 * (r.get("clean") or 0) for r in rows],
+            clean,
             width,
+            yerr=clean_err,
             label="clean",
             color="#9ecae1",
+            **err,
         )
         ax.bar(
             [x + width / 2 for x in xs],
-            [100 * (r.get("robust") or 0) for r in rows],
+            robust,
             width,
+            yerr=robust_err,
             label=robust_label,
             color="#de2d26",
+            **err,
         )
         ax.set_xticks(xs)
-        ax.set_xticklabels([str(r["name"]) for r in rows], rotation=35, ha="right", fontsize=7)
+        ax.set_xticklabels([str(r["name"]) for r in rows], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 105)
-        ax.legend(fontsize=7)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False, fontsize=8)
         fig.tight_layout()
         return figure_to_data_uri(fig)
 
 
 def comparison_plot(runs: Sequence[RunData], labels: Sequence[str]) -> str | None:
-    """Worst-case robust accuracy vs eps, one line per run, for the leaderboard."""
-    lines = []
-    for run, label in zip(runs, labels):
-        pts = [(eps_value(r), as_float(r.get("robust_accuracy"))) for r in run.worst_case]
-        pts = sorted((e, a) for e, a in pts if e is not None and a is not None)
-        if run.clean_accuracy is not None:
-            pts = [(0.0, run.clean_accuracy), *pts]
-        if len(pts) > 0:
-            lines.append((label, pts))
-    if not lines:
-        return None
-    with rc_context(RC):
-        fig = Figure(figsize=(5.6, 3.2))
-        ax = fig.add_subplot(1, 1, 1)
-        for i, (label, pts) in enumerate(lines):
-            ax.plot(
-                [p[0] for p in pts],
-                [100 * p[1] for p in pts],
-                marker="o",
-                ms=3,
-                color=PALETTE[i % len(PALETTE)],
-                label=label,
-            )
-        ticks = sorted({eps_key(e) for _, pts in lines for e, _ in pts})
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([fmt_eps(t) for t in ticks], rotation=45 if len(ticks) > 5 else 0)
-        ax.set_xlabel("eps")
-        ax.set_ylabel("worst-case accuracy (%)")
-        ax.set_ylim(-2, 102)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        return figure_to_data_uri(fig)
+    """Worst-case robust accuracy vs eps with 95% error bars, one line per run, for the
+    leaderboard (eps 0 = clean)."""
+    from reports.curves import Series, accuracy_vs_eps, worst_series
+
+    series: list[Series] = []
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        style = {"color": PALETTE[i % len(PALETTE)], "marker": "o", "ms": 3.5, "lw": 1.4}
+        series.append(worst_series(run, label, style))
+    return accuracy_vs_eps(series, ylabel="worst-case accuracy (%)")

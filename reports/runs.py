@@ -246,7 +246,10 @@ def _collect_files(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
     if isinstance(obj, str):
         out.append((prefix or Path(obj).stem, obj))
     elif isinstance(obj, dict) and any(k in obj for k in ("png", "svg", "path", "file")):
-        # a figure entry {"name", "png", "svg", "caption"}: one image, PNG preferred
+        # a figure entry {"name", "png", "svg", "caption"}: one image, PNG preferred; an entry
+        # marked "in_report": false stays in the folder only
+        if obj.get("in_report") is False:
+            return out
         rel = obj.get("png") or obj.get("path") or obj.get("file") or obj.get("svg")
         if isinstance(rel, str):
             out.append(

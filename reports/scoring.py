@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from reports.fmt import MISSING, count, pct
+from reports.intervals import bounds_text, clean_ci, row_ci
 from reports.runs import RunData, as_float, eps_key, fmt_eps
 
 
@@ -53,6 +54,7 @@ def clean_context(run: RunData) -> dict[str, str]:
     s = run.summary
     return {
         "mean": pct(s.get("clean_accuracy")),
+        "ci": bounds_text(clean_ci(run)),
         "se": pct(s.get("clean_mc_std_error")),
         "all_draws": pct(s.get("clean_accuracy_all_draws")),
         "n_correct": count(s.get("n_clean_correct")),
@@ -60,12 +62,13 @@ def clean_context(run: RunData) -> dict[str, str]:
 
 
 def worst_rows(run: RunData) -> list[dict[str, str]]:
-    """One row per eps of the worst case: robust accuracy (mean robust score), its Monte-Carlo
-    standard error, the share correct on all draws, and the count of robust points."""
+    """One row per eps of the worst case: robust accuracy (mean robust score), its 95% interval,
+    its Monte-Carlo standard error, the share correct on all draws, and the count of robust points."""
     return [
         {
             "eps": fmt_eps(r.get("eps") if r.get("eps") is not None else r.get("eps_value")),
             "acc": pct(r.get("robust_accuracy")),
+            "ci": bounds_text(row_ci(r, run)),
             "se": pct(r.get("mc_std_error")),
             "all_draws": pct(r.get("robust_accuracy_all_draws")),
             "n_robust": count(r.get("n_robust")),
@@ -83,6 +86,7 @@ def headline_context(run: RunData) -> dict[str, str] | None:
     return {
         "eps": fmt_eps(head["eps"] if head.get("eps") is not None else head.get("eps_value")),
         "acc": pct(head.get("robust_accuracy")),
+        "ci": bounds_text(row_ci(head, run)),
         "se": pct(head.get("mc_std_error")),
         "all_draws": pct(head.get("robust_accuracy_all_draws")),
     }

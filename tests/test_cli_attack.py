@@ -120,9 +120,13 @@ def test_existing_out_needs_resume(ev_ckpt, tmp_path, capsys):
     assert (out / "summary.json").read_text() == "{}"  # nothing overwritten
 
 
-def test_resume_needs_out(ev_ckpt, capsys):
+def test_resume_without_out_and_no_earlier_run_names_the_fix(
+    ev_ckpt, capsys, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # no runs/ folder here
     rc, err = run_cli(["attack", "--ckpt", ev_ckpt, "--resume"], capsys)
-    assert rc == 2 and "--resume needs --out" in err and one_line(err), err
+    assert rc == 2 and "no earlier auto-named run" in err and "--out DIR" in err, err
+    assert one_line(err), err
 
 
 def test_no_model_given(capsys):

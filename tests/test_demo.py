@@ -25,7 +25,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     capture.setattr(sys, "stdout", buf)
     try:
         with one_thread():
-            rc = cli_main(["demo", "--fast", "--out", str(out), "--device", "cpu", "--no-pdf"])
+            rc = cli_main(["demo", "--fast", "--out", str(out), "--device", "cpu"])
     finally:
         capture.undo()
     assert rc == 0
@@ -58,6 +58,28 @@ def test_demo_report_content(demo: tuple[Path, str]) -> None:
     ]
     assert defenses == ["standard", "at", "at+cas"]
     assert "data:image/png;base64," in html.split('id="analysis"', 1)[1]  # channel plots embedded
+
+
+def test_demo_writes_html_and_pdf_with_intervals_at_four_eps(demo: tuple[Path, str]) -> None:
+    """The quickstart's promise: report.html and report.pdf, every robust accuracy with its 95%
+    interval, and accuracy-vs-eps curves over at least four eps."""
+    from reports.pdf import pdf_available
+
+    out, stdout = demo
+    if pdf_available() is None:
+        assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
+        assert f"PDF:    {(out / 'report.pdf').resolve()}" in stdout
+    html = (out / "report.html").read_text()
+    for name in ("standard", "pgd-at", "at-cas"):
+        s = json.loads((out / "runs" / name / "summary.json").read_text())
+        assert len(s["worst_case"]) >= 4
+        for w in s["worst_case"]:
+            low, high = w["robust_accuracy_ci"]
+            assert low <= w["robust_accuracy"] <= high
+            assert f"{100 * w['robust_accuracy']:.2f} [{100 * low:.1f}, {100 * high:.1f}]" in html
+        head = s["worst_case"][0]
+        lo, hi = head["robust_accuracy_ci"]
+        assert f"{100 * head['robust_accuracy']:5.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]" in stdout
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

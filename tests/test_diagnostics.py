@@ -13,8 +13,8 @@ from helpers import QUIET, one_thread
 
 import evalkit
 from evalkit.evaluation.diagnostics import MASKING_GAP, diagnostic_plans
+from evalkit.evaluation.intervals import paired_difference, wilson
 from evalkit.evaluation.protocol import ModelTraits
-from evalkit.utils.intervals import paired_difference, wilson
 
 
 class SelectedByArgmax(nn.Module):

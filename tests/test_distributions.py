@@ -142,7 +142,7 @@ def test_figures_render_and_use_symlog_for_relu_maps(data):
     both = DistributionResult.concat([a, b])
     figs = both.figures()
     assert set(figs) == {"ecdf", "violin"}
-    assert len(figs["ecdf"].axes) == 4 * 2  # (model, layer) rows x 2 statistics
+    assert len(figs["ecdf"].axes) == 2 * 4  # model rows x (2 layers x 2 statistics)
     assert len(figs["violin"].axes) == 2 * 2  # models x statistics
     assert figs["ecdf"].axes[0].get_xscale() == "symlog"  # activation values: mass at 0
     for fig in figs.values():

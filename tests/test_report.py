@@ -20,6 +20,7 @@ from test_report_fixtures import (
     make_run_dir,
     make_summary,
     pct,
+    pct_ci,
     tables,
 )
 
@@ -61,11 +62,17 @@ def test_robust_tables_hold_summary_numbers(real_runs: list[Path], real_report: 
         eps_cols = [h.removeprefix("eps ") for h in header[1:]]
         assert sorted(eps_cols) == sorted({r["eps"] for r in s["results"]})
         for r in s["results"]:
-            assert body[r["attack"]][eps_cols.index(r["eps"])] == pct(r["robust_accuracy"])
+            cell = body[r["attack"]][eps_cols.index(r["eps"])]
+            assert cell == pct_ci(r["robust_accuracy"], r["robust_accuracy_ci"])
         worst = next(v for k, v in body.items() if k.startswith("worst case"))
         for w in s["worst_case"]:
-            assert worst[eps_cols.index(w["eps"])] == pct(w["robust_accuracy"])
-        assert f"clean accuracy <strong>{pct(s['clean_accuracy'])}%" in real_report
+            cell = worst[eps_cols.index(w["eps"])]
+            assert cell == pct_ci(w["robust_accuracy"], w["robust_accuracy_ci"])
+            low, high = w["robust_accuracy_ci"]
+            assert low <= w["robust_accuracy"] <= high
+        clean_ci = pct_ci(s["clean_accuracy"], s["clean_accuracy_ci"]).split(" ", 1)[1]
+        assert f"clean accuracy <strong>{pct(s['clean_accuracy'])}%</strong> " in real_report
+        assert f'<span class="ci">{clean_ci}</span>' in real_report
 
 
 def test_per_class_table_matches_summary(real_runs: list[Path], real_report: str) -> None:
@@ -77,8 +84,10 @@ def test_per_class_table_matches_summary(real_runs: list[Path], real_report: str
         for row, entry in zip(body, s["per_class"]):
             assert row[0] == entry["name"]
             assert row[1] == str(entry["n"])
-            assert row[2] == pct(entry["clean_accuracy"])
-            assert row[3] == pct(entry["robust_accuracy"][last_eps])
+            assert row[2] == pct_ci(entry["clean_accuracy"], entry["clean_accuracy_ci"])
+            assert row[3] == pct_ci(
+                entry["robust_accuracy"][last_eps], entry["robust_accuracy_ci"][last_eps]
+            )
 
 
 def test_leaderboard_sorted_by_worst_case(real_runs: list[Path], real_report: str) -> None:
@@ -89,9 +98,10 @@ def test_leaderboard_sorted_by_worst_case(real_runs: list[Path], real_report: st
         (_summary(r) for r in real_runs), key=lambda s: -s["worst_case"][-1]["robust_accuracy"]
     )
     assert [row[col] for row in body] == [
-        pct(s["worst_case"][-1]["robust_accuracy"]) for s in expected
+        pct_ci(s["worst_case"][-1]["robust_accuracy"], s["worst_case"][-1]["robust_accuracy_ci"])
+        for s in expected
     ]
-    values = [float(row[col]) for row in body]
+    values = [float(row[col].split()[0]) for row in body]
     assert values == sorted(values, reverse=True)
 
 
@@ -154,11 +164,16 @@ def test_fixture_with_several_eps_and_missing_keys(tmp_path: Path) -> None:
     rows = tables(html, "robust-table")
     assert rows[0][0] == ["attack", "eps 2/255", "eps 4/255", "eps 8/255"]
     # a run without worst_case gets it derived (minimum over attacks), marked by the same number
+    # (no interval: a schema-1 run records neither intervals nor its scoring)
     assert rows[1][-1] == ["worst case (per example, all attacks)", "20.00"]
     assert "not recorded" in html  # cost/environment missing
     # no per_class in the summary: it falls back to examples.parquet (label, clean_correct)
     pc = tables(html, "per-class-table")[-1]
-    assert pc[1:] == [["0", "2", "50.00", "—"], ["1", "2", "100.00", "—"]]
+    # its intervals are computed from the per-example outcomes (Clopper-Pearson, 1 of 2, 2 of 2)
+    assert pc[1:] == [
+        ["0", "2", "50.00 [1.3, 98.7]", "—"],
+        ["1", "2", "100.00 [15.8, 100.0]", "—"],
+    ]
 
 
 def test_analysis_plots_and_findings_are_embedded(tmp_path: Path) -> None:
@@ -344,19 +359,27 @@ def test_monte_carlo_numbers_equal_the_summary(scored_runs: dict[str, Path], sco
     head = s["worst_case"][-1]
     assert (
         text_of(html).count(
-            f"clean accuracy {pct(s['clean_accuracy'])}% (mean over 10 draws, s.e. "
+            f"clean accuracy {pct_ci(s['clean_accuracy'], s['clean_accuracy_ci']).replace(' ', '% ', 1)}"
+            f" (mean over 10 draws, Monte-Carlo s.e. "
             f"{pct(s['clean_mc_std_error'])}; correct on all draws {pct(s['clean_accuracy_all_draws'])}%)"
-            f" · worst-case robust accuracy {pct(head['robust_accuracy'])}% (s.e. "
+            f" · worst-case robust accuracy "
+            f"{pct_ci(head['robust_accuracy'], head['robust_accuracy_ci']).replace(' ', '% ', 1)}"
+            " (Monte-Carlo s.e. "
             f"{pct(head['mc_std_error'])}; correct on all draws "
             f"{pct(head['robust_accuracy_all_draws'])}%) at eps 8/255"
         )
         == 1
     )
     (worst,) = tables(html, "worst-table")
+
+    def bounds(ci: list[float]) -> str:
+        return pct_ci(0, ci).split(" ", 1)[1]
+
     assert worst[1:] == [
         [
             w["eps"],
             pct(w["robust_accuracy"]),
+            bounds(w["robust_accuracy_ci"]),
             pct(w["mc_std_error"]),
             pct(w["robust_accuracy_all_draws"]),
             str(w["n_robust"]),
@@ -366,11 +389,13 @@ def test_monte_carlo_numbers_equal_the_summary(scored_runs: dict[str, Path], sco
         [
             "clean",
             pct(s["clean_accuracy"]),
+            bounds(s["clean_accuracy_ci"]),
             pct(s["clean_mc_std_error"]),
             pct(s["clean_accuracy_all_draws"]),
             str(s["n_clean_correct"]),
         ]
     ]
+    assert s["intervals"]["method"] == "clopper-pearson-effective-n"
     (robust,) = tables(html, "robust-table")
     all_draws = next(r for r in robust if r[0].startswith("correct on all 10 draws"))
     assert all_draws[1:] == [pct(w["robust_accuracy_all_draws"]) for w in s["worst_case"]]
@@ -380,10 +405,12 @@ def test_exact_run_says_exact(scored_runs: dict[str, Path], scored_report: str) 
     s = _summary(scored_runs["exact"])
     html = section(scored_report, "run-exact")
     (worst,) = tables(html, "worst-table")
+    assert s["intervals"]["method"] == "clopper-pearson"
     for row, w in zip(worst[1:], s["worst_case"]):
         assert row == [
             w["eps"],
             pct(w["robust_accuracy"]),
+            pct_ci(0, w["robust_accuracy_ci"]).split(" ", 1)[1],
             "exact",
             pct(w["robust_accuracy_all_draws"]),
             str(w["n_robust"]),
@@ -494,7 +521,12 @@ def test_per_class_fallback_uses_monte_carlo_scores(
     assert cli_main(["report", str(copy), "-o", str(out)]) == 0
     (pc,) = tables(out.read_text(), "per-class-table")
     expected = [
-        [str(e["class"]), str(e["n"]), pct(e["clean_accuracy"]), pct(e["robust_accuracy"]["8/255"])]
+        [
+            str(e["class"]),
+            str(e["n"]),
+            pct_ci(e["clean_accuracy"], e["clean_accuracy_ci"]),
+            pct_ci(e["robust_accuracy"]["8/255"], e["robust_accuracy_ci"]["8/255"]),
+        ]
         for e in s["per_class"]
         if e["n"]
     ]
@@ -509,7 +541,7 @@ def test_schema1_run_shows_missing_values_as_dashes(tmp_path: Path) -> None:
     text = text_of(html)
     assert "scoring: — not recorded (run directory of summary schema 1" in text
     (worst,) = tables(html, "worst-table")
-    assert worst[1] == ["4/255", pct(0.63 - 0.01), "—", "—", "—"]
+    assert worst[1] == ["4/255", pct(0.63 - 0.01), "—", "—", "—", "—"]
     assert "First broken by: — (not recorded" in text
     assert tables(html, "fingerprints")[0][1:] == [["—"]]
     assert "Sanity-check cost: — (not recorded)." in text
@@ -624,3 +656,36 @@ def test_distributions_options_are_checked(tmp_path: Path, options: dict, messag
             progress=False,
             **options,
         )
+
+
+def test_uninformative_plots_are_replaced() -> None:
+    """A one-epoch history is a table, not dots on a flat axis; a channel-count panel where the
+    median channel is active on (nearly) every image states its numbers instead of a flat bar."""
+    import pandas as pd
+
+    from analysis.plots import channel_comparison, frequency_saturated
+    from reports.plots import history_plot, history_single
+
+    one = [{"epoch": 1, "train_loss": 0.5, "train_acc": 0.8}]
+    assert history_plot(one) is None and ("train_acc", "0.8") in history_single(one)
+    two = [*one, {"epoch": 2, "train_loss": 0.4, "train_acc": 0.85}]
+    assert history_plot(two) is not None and history_single(two) == []
+
+    def channels(model: str, counts: list[int]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "model": model,
+                "count_natural": counts,
+                "count_adversarial": counts,
+                "magnitude_natural": [0.5] * len(counts),
+                "magnitude_adversarial": [0.4] * len(counts),
+            }
+        )
+
+    flat, varied = channels("flat", [200] * 60 + [190] * 4), channels("cas", list(range(100, 164)))
+    assert frequency_saturated(flat, 200) and not frequency_saturated(varied, 200)
+    fig = channel_comparison(pd.concat([flat, varied]), "magnitude", sort="natural", n_examples=200)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("flat at the maximum" in t and "200" in t for t in texts)
+    assert fig.axes[2].axison is False and fig.axes[3].axison is True  # flat panel replaced
+    assert fig.get_size_inches()[0] <= 7.2  # printed at full size, fonts as drawn

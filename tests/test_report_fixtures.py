@@ -161,6 +161,11 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def pct_ci(x: float, ci: list[float]) -> str:
+    """How the report shows an accuracy with its 95% interval: ``42.33 [36.7, 48.1]``."""
+    return f"{100 * x:.2f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
 XSS = "<script>alert(1)</script>"
 XSS_IMG = "<img src=x onerror=alert(2)>"
 

@@ -1,13 +1,17 @@
 """The report renders: headless Chromium opens the HTML without console errors and paints a
-non-blank page; WeasyPrint's PDF renders page by page with pdftoppm. The runs include a
-schema-2 Monte-Carlo run and two schema-1 fixtures. Skipped, with the reason,
-where Chromium, pdftoppm or WeasyPrint are absent (CI installs Debian's chromium and poppler-utils)."""
+non-blank page; WeasyPrint's PDF renders page by page with pdftoppm, loses no table column
+(pdftotext finds the last column header of every table), has no near-empty page and draws
+every eps a run has. The runs include a schema-2 Monte-Carlo run (with the wide attack-details
+table), a four-eps run and two schema-1 fixtures. Skipped, with the reason, where Chromium,
+pdftoppm/pdftotext or WeasyPrint are absent (CI installs Debian's chromium and poppler-utils)."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -71,6 +75,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     runs = [
         make_run_dir(root / "a", make_summary(flags=[flag])),
         make_run_dir(root / "b", make_summary(name="at", clean=0.7, pgd=0.5)),
+        make_run_dir(
+            root / "sweep", make_summary(name="sweep", eps=("2/255", "4/255", "6/255", "8/255"))
+        ),
         monte_carlo_run(root / "mc"),
     ]
     analysis = make_analysis_dir(root / "analysis")
@@ -111,3 +118,149 @@ def test_pdf_pages_render_with_pdftoppm(report: dict[str, Path], tmp_path: Path)
     pages = sorted(tmp_path.glob("page-*.png"))
     assert len(pages) >= 3  # leaderboard + three runs + analysis do not fit on one A4 page
     assert png_variance(pages[0]) > 1e-3, "the first PDF page is blank"
+
+
+class _LastHeaders(HTMLParser):
+    """The last column header of every whole table (printed parts excluded): the last cell of
+    its last ``<thead>`` row, or of its first row when it has no ``<thead>`` and that row is
+    headers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, str]] = []
+        self._tables: list[dict] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        a = dict(attrs)
+        if tag == "table":
+            part = "table-part" in (a.get("class") or "").split()
+            self._tables.append(
+                {
+                    "css": a.get("class") or a.get("id") or "",
+                    "part": part,
+                    "thead": False,
+                    "rows": [],
+                    "in_thead": False,
+                }
+            )
+        elif not self._tables:
+            return
+        elif tag == "thead":
+            self._tables[-1]["in_thead"] = self._tables[-1]["thead"] = True
+        elif tag == "tr":
+            self._tables[-1]["rows"].append({"thead": self._tables[-1]["in_thead"], "cells": []})
+        elif tag in ("th", "td"):
+            self._cell = [tag]
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self._tables:
+            return
+        t = self._tables[-1]
+        if tag == "thead":
+            t["in_thead"] = False
+        elif tag in ("th", "td") and self._cell is not None and t["rows"]:
+            t["rows"][-1]["cells"].append(
+                (self._cell[0], " ".join("".join(self._cell[1:]).split()))
+            )
+            self._cell = None
+        elif tag == "table":
+            self._tables.pop()
+            if t["part"] or not t["rows"]:
+                return
+            head = [r for r in t["rows"] if r["thead"]]
+            row = head[-1] if head else t["rows"][0]
+            if row["cells"] and all(kind == "th" for kind, _ in row["cells"]):
+                self.found.append((t["css"], row["cells"][-1][1]))
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _pdf_text(pdf: Path) -> str:
+    if shutil.which("pdftotext") is None:
+        pytest.skip("pdftotext not installed (apt-get install poppler-utils); CI installs it")
+    proc = subprocess.run(
+        ["pdftotext", "-raw", str(pdf), "-"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc.stdout
+
+
+def test_pdf_keeps_the_last_column_of_every_table(report: dict[str, Path]) -> None:
+    """Wide tables (attack details, protocol plans, leaderboard, analysis tables) are split into
+    parts or rotated for print, never clipped: the last header of every table is in the PDF."""
+    if "pdf" not in report:
+        pytest.skip("WeasyPrint unavailable, so no PDF was written")
+    parser = _LastHeaders()
+    parser.feed(report["html"].read_text(encoding="utf-8"))
+    assert len(parser.found) >= 15, parser.found
+    assert any("details-table" in css for css, _ in parser.found)
+    text = re.sub(r"\s+", "", _pdf_text(report["pdf"]))
+    missing = [(css, h) for css, h in parser.found if re.sub(r"\s+", "", h) not in text]
+    assert missing == []
+
+
+def test_pdf_has_no_near_empty_page(report: dict[str, Path], tmp_path: Path) -> None:
+    """Every page but the last is at least a third full (the lowest painted row, at 30 dpi)."""
+    if "pdf" not in report:
+        pytest.skip("WeasyPrint unavailable, so no PDF was written")
+    if shutil.which("pdftoppm") is None:
+        pytest.skip("pdftoppm not installed (apt-get install poppler-utils); CI installs it")
+    from PIL import Image, ImageOps
+
+    subprocess.run(
+        ["pdftoppm", "-r", "30", "-gray", "-png", str(report["pdf"]), str(tmp_path / "p")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    pages = sorted(tmp_path.glob("p-*.png"))
+    fill = []
+    for page in pages[:-1]:
+        with Image.open(page) as im:
+            ink = ImageOps.invert(im.convert("L")).point(lambda v: 255 if v > 12 else 0)
+            box = ink.getbbox()
+            fill.append(0.0 if box is None else box[3] / im.size[1])
+    assert fill and min(fill) > 1 / 3, [f"{f:.2f}" for f in fill]
+
+
+def test_the_eps_plot_draws_every_eps_with_error_bars(tmp_path: Path) -> None:
+    """The accuracy-vs-eps curve has a point at every eps of the run (4 here) plus clean at 0,
+    each with its 95% interval around the estimate, and takes an extra series to overlay."""
+    import torch
+
+    from evalkit.data import load_split
+    from evalkit.evaluation import evaluate
+    from reports.curves import Series, accuracy_vs_eps, run_series, worst_series
+    from reports.runs import load_run
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    split = load_split("fashion-mnist-mini", "test").first(32)
+    eps = ["2/255", "4/255", "6/255", "8/255"]
+    with one_thread():
+        evaluate(
+            net,
+            (split.x, split.y),
+            eps=eps,
+            attacks=["fgsm"],
+            sanity=False,
+            out=tmp_path / "run",
+            device="cpu",
+            progress=False,
+            echo=False,
+        )
+    run = load_run(tmp_path / "run")
+    worst = worst_series(run)
+    assert [p[0] for p in worst.points][1:] == sorted(v / 255 for v in (2, 4, 6, 8))
+    assert worst.points[0][0] == 0.0 and worst.points[0][1] == run.clean_accuracy
+    assert all(lo is not None and lo <= acc <= hi for _, acc, lo, hi in worst.points)
+    series = run_series(run)
+    assert [s.label for s in series] == ["fgsm", "worst case"]
+    extra = Series("another curve", [(0.02, 0.5, 0.4, 0.6)], {"color": "purple"})
+    assert accuracy_vs_eps([*series, extra]).startswith("data:image/png;base64,")

@@ -26,6 +26,7 @@ and callers run it by keyword, whatever its own signature::
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping
@@ -37,6 +38,8 @@ import torch
 import torch.nn as nn
 
 from evalkit.errors import EvalkitError
+from evalkit.utils.grad import gradients_on, usable_input
+from evalkit.utils.suggest import did_you_mean, with_hint
 
 AttackFn = Callable[..., torch.Tensor]
 
@@ -199,7 +202,10 @@ def register_attack(
     **defaults: Any,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator registering an attack function under ``name`` (and ``aliases``); returns the
-    function unchanged, so decorators can be stacked for entries differing only in defaults.
+    function wrapped so that it runs with autograd on whatever the caller's context
+    (:func:`evalkit.utils.grad.gradients_on`: inside ``torch.no_grad()`` or
+    ``torch.inference_mode()`` too) and otherwise unchanged (same name, docstring and signature),
+    so decorators can be stacked for entries differing only in defaults.
 
     The function takes ``(model, x, y, ...)`` plus any of ``eps``, ``norm``, ``loss``,
     ``generator`` by keyword, and options as keyword parameters with defaults. ``defaults``
@@ -234,7 +240,25 @@ def register_attack(
         _add(spec, (name, *aliases), (fn.__module__, fn.__qualname__))
         return fn
 
-    return decorate
+    def decorate_with_gradients(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        return decorate(with_gradients(fn))
+
+    return decorate_with_gradients
+
+
+def with_gradients(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn`` run inside :func:`~evalkit.utils.grad.gradients_on`, with inputs created in
+    ``inference_mode`` copied to normal tensors; applied once (stacked registrations reuse it)."""
+    if getattr(fn, "_evalkit_gradients_on", False):
+        return fn
+
+    @functools.wraps(fn)
+    def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *args: Any, **kwargs: Any):
+        with gradients_on():
+            return fn(model, usable_input(x), usable_input(y), *args, **kwargs)
+
+    run._evalkit_gradients_on = True  # type: ignore[attr-defined]
+    return run
 
 
 def register_resolver(
@@ -259,7 +283,9 @@ def get_attack(name: str) -> AttackSpec:
             return resolve(name.strip())
     hints = [hint for _, hint, _ in _RESOLVERS.values()]
     known = ", ".join(sorted(_ATTACKS)) + (f", or {', '.join(hints)}" if hints else "")
-    raise EvalkitError(f"unknown attack {name!r} (known: {known})")
+    raise EvalkitError(
+        with_hint(f"unknown attack {name!r} (known: {known})", did_you_mean(name, _ATTACKS))
+    )
 
 
 def attack_names() -> list[str]:

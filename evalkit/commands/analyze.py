@@ -5,6 +5,8 @@
 * ``pooling``: robust accuracy and pooled-feature change vs feature-map size, avg vs max pool
   (RCM), on checkpoints trained with different ``--strides/--upsample/--pool``;
 * ``sap-eot``: robust accuracy of a checkpoint with and without SAP vs EOT samples and eps;
+* ``distributions``: activation values and per-channel means, natural vs adversarial, at two
+  or more layers;
 * and any other analysis registered with :func:`evalkit.analyses.register_analysis`.
 
 Every analysis writes tables (CSV + parquet), figures (PNG + SVG) and ``analysis.json`` to --out.
@@ -44,6 +46,9 @@ analyses:
               trained by 'evalkit study pooling').
   sap-eot     accuracy of each checkpoint dense and with SAP under PGD with 1,2,5,10,20 EOT
               samples per gradient, at each --eps.
+  distributions
+              activation values and per-channel means, natural vs PGD, at two or more layers
+              per model (--layer layer3,layer4): ECDFs, split violins, quantile table.
   (--analysis list prints every registered analysis, including added ones)
 
 examples:
@@ -58,7 +63,7 @@ examples:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "analyze",
-        help="channel activation, importance, pooling and SAP-EOT analyses",
+        help="analyses: channels, importance, pooling, sap-eot, distributions",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -69,12 +74,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     which.add_argument(
         "--analysis",
         metavar="NAME",
-        help=f"which analysis to run ({', '.join(BUILTIN)}, or 'list')",
+        help=f"which analysis to run ({', '.join(BUILTIN)}, or 'list'; required, no default)",
     )
     which.add_argument(
-        "--study", metavar="NAME", help="deprecated name of --analysis (kept for old scripts)"
+        "--study",
+        metavar="NAME",
+        help="deprecated name of --analysis (kept for old scripts; default: none)",
     )
-    p.add_argument("--out", required=True, help="output folder (plots, tables, analysis.json)")
+    p.add_argument(
+        "--out", required=True, help="output folder for plots, tables, analysis.json (required)"
+    )
     p.add_argument(
         "--layer",
         default=None,
@@ -133,10 +142,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an option of an added analysis (repeatable; numbers are parsed)",
+        help="an option of an added analysis (repeatable; numbers are parsed; default: the "
+        "analysis's own)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=128, help="batch size for attacks and forwards"
+        "--batch-size",
+        type=int,
+        default=128,
+        help="batch size for attacks and forwards (default: 128)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -223,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
         "dataset": args.dataset,
         "normalize": parse_normalize(args.normalize),
         "defense": args.defense,
+        "weights_set": args.weights_set,
     }
     result = analyze(
         _models(args.ckpt),

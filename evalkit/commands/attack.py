@@ -8,7 +8,6 @@ adaptive attacks in docs/defenses.md, the run directory in docs/run-directory.md
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
 from pathlib import Path
 
@@ -70,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         metavar="N",
         help="same as --n; use this spelling under torchrun, whose own parser "
-        "rejects --n as an ambiguous abbreviation",
+        "rejects --n as an ambiguous abbreviation (default: all)",
     )
     g = p.add_argument_group("protocol")
     g.add_argument("--preset", default="default", help="named protocol (default: default)")
@@ -79,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         metavar="LIST",
         help="comma list replacing the preset's attacks: fgsm, pgd, cw, autoattack, apgd, "
-        "apgd-t, square, cw_l2, aa_plus, aa_rand, foolbox:AttackName",
+        "apgd-t, square, cw_l2, aa_plus, aa_rand, foolbox:AttackName (default: the preset's)",
     )
     g.add_argument(
         "--eps",
@@ -90,7 +89,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     g.add_argument("--norm", default=None, help="threat model: linf or l2 (default: linf)")
     g.add_argument(
-        "--loss", default=None, help="loss of the PGD/FGSM attacks: ce, cw or dlr (CW keeps its)"
+        "--loss",
+        default=None,
+        help="loss of the PGD/FGSM attacks: ce, cw or dlr; CW keeps its own (default: each "
+        "attack's, ce for PGD/FGSM)",
     )
     g.add_argument(
         "--eot",
@@ -111,7 +113,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         metavar="TRAITS",
         help="also adapt to these traits (comma list of aux_heads, stochastic, bounded_logits, "
-        "mask_gradients): compared models then face the same adaptive attacks",
+        "mask_gradients): compared models then face the same adaptive attacks (default: the "
+        "model's own traits only)",
     )
     g.add_argument(
         "--no-compaction",
@@ -133,7 +136,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     r.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out (refused if the model, data or protocol changed)",
+        help="continue the run in --out; without --out, the latest auto-named run of the same "
+        "model and data in runs/ (refused if the model, data or protocol changed)",
+    )
+    r.add_argument(
+        "--save-adversarial",
+        action="store_true",
+        help="also write the worst-case adversarial images, with the attack that made each, "
+        "to OUT/adversarial/EPS.npz (x, y, index, attack, eps; loads back with --data)",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_seed(p)
@@ -141,24 +151,89 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _default_out(spec: str) -> Path:
-    name = Path(spec.split(":")[0])
-    stem = name.parent.name if name.name == "checkpoint.pt" else name.stem
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"attack-{stem or 'model'}-{stamp}"
+    from evalkit.evaluation.autoname import auto_run_dir
+
+    return auto_run_dir(spec)
+
+
+def _resume_dir(args: argparse.Namespace, model: str) -> Path:
+    """The run to continue for ``--resume`` without ``--out``: the latest auto-named run of
+    the same model and data (:func:`evalkit.evaluation.autoname.latest_auto_run`)."""
+    from evalkit.errors import EvalkitError
+    from evalkit.evaluation.autoname import ROOT, latest_auto_run
+
+    found = latest_auto_run(
+        model, checkpoint=_weights_file(args), data=args.data, dataset=args.dataset
+    )
+    if found is None:
+        raise EvalkitError(
+            f"--resume: no earlier auto-named run of {model} on this data in {ROOT}/ "
+            "(pass --out DIR, the run directory to continue)"
+        )
+    found = found.absolute()
+    print(f"evalkit attack: resuming {found} (the latest auto-named run of this model and data)")
+    return found
+
+
+def _weights_file(args: argparse.Namespace) -> str | None:
+    """The file holding the weights: --ckpt (a checkpoint, or the weights of a --model)."""
+    if not args.ckpt:
+        return None
+    from evalkit.checkpoint_files import resolve_checkpoint_path
+
+    path = Path(args.ckpt)
+    if path.is_dir():
+        return str(resolve_checkpoint_path(path, quiet=True))
+    return str(path)
+
+
+def resume_command(argv: list[str], out: Path) -> str:
+    """The exact command that continues an interrupted ``evalkit attack`` run in ``out``:
+    the same arguments with ``--out OUT --resume`` (any earlier ``--out``/``--resume`` replaced)."""
+    import shlex
+
+    keep: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--out",):
+            skip = True
+            continue
+        if arg.startswith("--out=") or arg == "--resume":
+            continue
+        keep.append(arg)
+    return shlex.join(["evalkit", *keep, "--out", str(out), "--resume"])
+
+
+def interrupted_hint(args: argparse.Namespace, argv: list[str]) -> str | None:
+    """What the interrupt message says: where the finished units are and how to continue."""
+    out = getattr(args, "run_dir", None)
+    if out is None:
+        return None
+    out = Path(out).absolute()
+    if not (Path(out) / "config.json").exists():
+        return f"nothing was saved yet (the run directory {out} was not started)"
+    return f"completed units are saved in {out}; continue with: {resume_command(argv, Path(out))}"
 
 
 def run(args: argparse.Namespace) -> int:
     from evalkit.errors import EvalkitError
     from evalkit.evaluation.api import evaluate
 
-    if args.resume and not args.out:
-        raise EvalkitError("--resume needs --out DIR (the run directory to continue)")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.out:
         raise EvalkitError("with torchrun, pass --out DIR so every rank writes to the same run")
     model = args.model or args.ckpt
     if not model:
         raise EvalkitError("give --ckpt FILE or --model SPEC (e.g. mypkg.nets:build)")
-    out = Path(args.out) if args.out else _default_out(str(model))
+    if args.out:
+        out = Path(args.out)
+    elif args.resume:
+        out = _resume_dir(args, str(model))
+    else:
+        out = _default_out(str(model))
+    args.run_dir = out
     evaluate(
         model,
         args.data,
@@ -189,5 +264,8 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         download=args.download,
         adapt_for={t.strip(): True for t in (args.adapt_for or "").split(",") if t.strip()},
+        model_dir=args.model_dir,
+        weights_set=args.weights_set,
+        save_adversarial=args.save_adversarial,
     )
     return 0

@@ -43,14 +43,23 @@ def add_model_options(
             default=None,
             metavar="PATH",
             help="checkpoint: evalkit .pt, plain state_dict .pt/.safetensors (with --arch or "
-            "--model), TorchScript .pt, torch.export .pt2",
+            "--model), TorchScript .pt, torch.export .pt2, or a folder holding one (default: "
+            "none; give --ckpt or --model)",
         )
         p.add_argument(
             "--model",
             default=None,
             metavar="SPEC",
             help="build the model yourself: pkg.module:factory or path/to/file.py:factory "
-            "(weights from --ckpt), or robustbench:DATASET/THREAT/NAME (offline model folder)",
+            "(weights from --ckpt), or robustbench:DATASET/THREAT/NAME (offline, from "
+            "--model-dir) (default: none; the model comes from --ckpt)",
+        )
+        p.add_argument(
+            "--model-dir",
+            default=None,
+            metavar="DIR",
+            help="RobustBench's model folder for robustbench: ids, holding "
+            "DATASET/THREAT/NAME.pt (default: ./models)",
         )
         p.add_argument(
             "--force-normalize",
@@ -69,7 +78,8 @@ def add_model_options(
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="defense parameter, e.g. cifs_adaptive=true or sap_frac=0.5 (repeatable)",
+            help="defense parameter, e.g. cifs_adaptive=true or sap_frac=0.5 (repeatable; "
+            "default: the checkpoint's recorded ones)",
         )
     elif multiple:
         p.add_argument(
@@ -77,13 +87,18 @@ def add_model_options(
             action="append",
             required=True,
             metavar="PATH",
-            help="checkpoint (.pt); repeat to compare several",
+            help="checkpoint (.pt, or a folder holding one); repeat to compare several (required)",
         )
     else:
-        p.add_argument("--ckpt", required=True, metavar="PATH", help="checkpoint (.pt) to load")
+        p.add_argument(
+            "--ckpt", required=True, metavar="PATH", help="checkpoint (.pt) to load (required)"
+        )
 
     p.add_argument(
-        "--arch", default=None, help="architecture of a plain (foreign) state_dict, e.g. resnet18"
+        "--arch",
+        default=None,
+        help="architecture of a plain (foreign) state_dict, e.g. resnet18 (default: the "
+        "checkpoint's own)",
     )
     p.add_argument(
         "--dataset",
@@ -98,9 +113,18 @@ def add_model_options(
         "(default: none, raw [0,1] pixels)",
     )
     p.add_argument(
+        "--weights-set",
+        default=None,
+        choices=("ema", "raw"),
+        help="which weights of a checkpoint that holds several (raw and EMA, e.g. "
+        "state_dict + state_dict_ema, model + model_ema): ema or raw (default: the only set; "
+        "refused when there are several)",
+    )
+    p.add_argument(
         "--defense",
         default=None,
-        help="test-time defense added on load, e.g. sap (stochastic activation pruning)",
+        help="test-time defense added on load, e.g. sap (stochastic activation pruning) "
+        "(default: none)",
     )
 
 
@@ -109,9 +133,14 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
         "--data",
         default=None,
         metavar="FILE",
-        help=".npz/.pt with x, y (uint8 or float; NCHW or NHWC)",
+        help=".npz/.pt with x, y (uint8 or float; NCHW or NHWC), e.g. a file written by "
+        "--save-adversarial (default: the test split of --dataset or the checkpoint's dataset)",
     )
-    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding the dataset files (default: the dataset's usual places)",
+    )
     p.add_argument(
         "--download",
         action="store_true",
@@ -166,6 +195,10 @@ def load_eval_data(args: argparse.Namespace, meta: CheckpointMeta) -> ArraySplit
     if int(data.y.max()) >= meta.num_classes or int(data.y.min()) < 0:
         raise DataError(
             f"labels range {int(data.y.min())}..{int(data.y.max())} but the model has {meta.num_classes} classes"
+        )
+    if args.n is not None and args.n > len(data):
+        raise DataError(
+            f"--n {args.n} but the data holds {len(data)} examples (pass --n {len(data)} or less)"
         )
     return data.first(args.n)
 

@@ -28,7 +28,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog="examples:\n  evalkit info --ckpt runs/at/checkpoint.pt\n  evalkit info --attacks\n"
         "  evalkit info --json --presets",
     )
-    p.add_argument("--ckpt", default=None, metavar="PATH", help="checkpoint to describe")
+    p.add_argument(
+        "--ckpt",
+        default=None,
+        metavar="PATH",
+        help="checkpoint to describe (default: none; list what evalkit knows instead)",
+    )
     for s in SECTIONS:
         p.add_argument(f"--{s}", action="store_true", help=f"list the {s}")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="append",
         default=[],
         metavar="DIR",
-        help="an 'evalkit analyze' output folder (with analysis.json); repeatable",
+        help="an 'evalkit analyze' output folder (with analysis.json); repeatable (default: none)",
     )
     p.add_argument(
         "-o",
@@ -42,7 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         metavar="FILE",
         help="HTML file to write (default: report.html)",
     )
-    p.add_argument("--pdf", default=None, metavar="FILE", help="also write the report as a PDF")
+    p.add_argument(
+        "--pdf",
+        default=None,
+        metavar="FILE",
+        help="also write the report as a PDF, e.g. report.pdf (default: HTML only)",
+    )
     p.add_argument("--title", default=None, help="report title (default: derived from the runs)")
     return p
 

@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="cpu",
         choices=["cpu", "medium", "gpu"],
         help="cpu (small CNN, bundled subset), medium (ResNet-18 width 16, full Fashion-MNIST, "
-        "hours on CPU) or gpu (ResNet-18, full Fashion-MNIST)",
+        "hours on CPU) or gpu (ResNet-18, full Fashion-MNIST) (default: cpu)",
     )
     p.add_argument("--out", default="runs/studies", help="output root (default runs/studies)")
     p.add_argument(
@@ -50,19 +50,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--publish",
         default=None,
         metavar="DIR",
-        help="copy report.html, FINDINGS.md and findings.json to DIR/NAME/SCALE",
+        help="copy report.html, FINDINGS.md and findings.json to DIR/NAME/SCALE (default: no copy)",
     )
     p.add_argument(
         "--fresh",
         action="store_true",
         help="recompute every step even when its inputs are unchanged (for publication)",
     )
-    p.add_argument("--dataset", default=None, help="override the scale's dataset (e.g. cifar10)")
-    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
-    p.add_argument("--eps", default=None, help="override the scale's eps (e.g. 8/255 for CIFAR)")
-    p.add_argument("--epochs", type=int, default=None, help="override the scale's epochs")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="override the scale's dataset, e.g. cifar10 (default: the scale's)",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding the dataset files (default: the dataset's usual places)",
+    )
+    p.add_argument(
+        "--eps",
+        default=None,
+        help="override the scale's eps, e.g. 8/255 for CIFAR (default: the scale's)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="override the scale's epochs (default: the scale's)",
+    )
     p.add_argument("--seeds", default=None, help="training seeds, comma-separated (default 0,1,2)")
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N] (default: auto)"
+    )
     p.add_argument("--progress", action="store_true", help="show progress bars of each step")
 
 

@@ -35,6 +35,7 @@ from evalkit.defenses.context import (
     is_stochastic,
 )
 from evalkit.errors import EvalkitError
+from evalkit.evaluation import adversarial as ADV
 from evalkit.evaluation import distributed as D
 from evalkit.evaluation import sanity as S
 from evalkit.evaluation.budget import Budget, check_norm, check_positive_int, parse_budgets
@@ -79,6 +80,9 @@ class EvalResult:
     examples: pd.DataFrame
     run_dir: Path | None = None
     fingerprints: dict[str, Any] = field(default_factory=dict)
+    #: with ``save_adversarial``: per eps label the worst-case images and where they came from
+    #: (arrays ``x``, ``y``, ``index``, ``attack``, ``score``, ...; docs/run-directory.md)
+    adversarial: dict[str, dict[str, Any]] | None = None
 
     @property
     def clean_accuracy(self) -> float:
@@ -89,6 +93,18 @@ class EvalResult:
     def robust_accuracy(self) -> float:
         """Worst-case robust accuracy at the first eps."""
         return float(self.summary["worst_case"][0]["robust_accuracy"])
+
+    @property
+    def clean_accuracy_ci(self) -> tuple[float, float]:
+        """95% interval ``(low, high)`` of the clean accuracy (docs/protocol.md, Intervals)."""
+        low, high = self.summary["clean_accuracy_ci"]
+        return float(low), float(high)
+
+    @property
+    def robust_accuracy_ci(self) -> tuple[float, float]:
+        """95% interval ``(low, high)`` of the worst-case robust accuracy at the first eps."""
+        low, high = self.summary["worst_case"][0]["robust_accuracy_ci"]
+        return float(low), float(high)
 
     def __repr__(self) -> str:
         return format_table(self.summary)
@@ -232,6 +248,9 @@ def evaluate(
     data_root: str | Path | None = None,
     download: bool = False,
     adapt_for: dict[str, bool] | None = None,
+    model_dir: str | Path | None = None,
+    weights_set: str | None = None,
+    save_adversarial: bool = False,
 ) -> EvalResult:
     """Evaluate ``model``'s robustness on ``data`` under a protocol; returns an :class:`EvalResult`.
 
@@ -267,6 +286,14 @@ def evaluate(
             ``nn.Module`` use :func:`evalkit.wrap` instead.
         defense, params: test-time defense to add (e.g. ``sap``) and defense parameters
             (e.g. ``{"cifs_adaptive": True}``).
+        model_dir: RobustBench's model folder for ``robustbench:DATASET/THREAT/NAME`` models
+            (default ``./models``).
+        weights_set: ``"ema"`` or ``"raw"``: which weights of a checkpoint holding both (raw
+            and EMA copies); such a checkpoint is refused without it. Recorded in config.json.
+        save_adversarial: also keep the worst-case adversarial image of every example, with
+            the attack that made it: ``result.adversarial`` (eps label -> arrays) and, with
+            ``out``, ``out/adversarial/<eps>.npz`` (format: docs/run-directory.md; the file
+            loads back as ``data=``).
         adapt_for: traits to adapt to in addition to the model's own, e.g.
             ``{"bounded_logits": True, "aux_heads": True}``: a comparison of several models
             passes the union of their traits (:func:`union_traits`) so every model faces the
@@ -287,6 +314,8 @@ def evaluate(
         raise EvalkitError(f"loss must be ce, cw or dlr, not {loss!r}")
     if resume and out is None:
         raise EvalkitError("resume needs out= (the run directory to continue)")
+    if weights_set is not None and weights_set not in ("ema", "raw"):
+        raise EvalkitError(f"weights_set must be 'ema' or 'raw', not {weights_set!r}")
     req = Request(
         eps=eps,
         norm=norm,
@@ -317,10 +346,13 @@ def evaluate(
             output=output,
             defense=defense,
             params=params,
+            model_dir=model_dir,
+            weights_set=weights_set,
         ),
         data_opts=dict(data_root=data_root, download=download),
         adapt_for=_check_adapt_for(adapt_for),
         t_start=t_start,
+        save_adversarial=bool(save_adversarial),
     )
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     info = D.setup(dev)
@@ -353,6 +385,7 @@ class Request:
     data_opts: dict[str, Any]
     adapt_for: dict[str, bool]
     t_start: float
+    save_adversarial: bool = False
 
     @property
     def protocol_name(self) -> str:
@@ -393,6 +426,7 @@ class Prepared:
             "mc_draws": self.settings.draws,
             "sanity": req.sanity,
             "diagnostics": self.diagnose,
+            "weights_set": req.load.get("weights_set"),
             "evalkit_version": __version__,
             "torch_version": torch.__version__,
         }
@@ -464,15 +498,20 @@ def _run(model: Any, data: Any, req: Request, device: torch.device, info: D.Dist
             print(text, flush=True)
 
     p = _prepare(model, data, req, device)
+    if req.save_adversarial:
+        ADV.check_resumable(req.out, req.resume)
     _open_run_dir(p, req, info)
     _announce(p, req, say)
     log = RecordLog(req.out, info.rank)
     n = len(p.data.examples)
     owned = [b for b in range(n_batches(n, p.settings.batch_size)) if info.owns(b)]
     counter = CostCounter(p.model.model)
-    summary, df = None, pd.DataFrame()
+    summary, df, kept = None, pd.DataFrame(), None
+    store = None
+    if req.save_adversarial:
+        store = ADV.CandidateStore(req.out / ADV.FOLDER if req.out is not None else None)
     try:
-        with attack_mode(p.model.model):
+        with ADV.capture(store), attack_mode(p.model.model):
             run_protocol(
                 p.model.model,
                 p.data.examples,
@@ -488,7 +527,19 @@ def _run(model: Any, data: Any, req: Request, device: torch.device, info: D.Dist
             )
         records = D.gather_records(dict(log.records), info)
         if info.is_main:
-            summary, df = _finish(p, req, records, counter, log.add, device, info)
+            with ADV.capture(store):
+                summary, df = _finish(p, req, records, counter, log.add, device, info)
+            if store is not None:  # every rank wrote its units before gather_records returned
+                kept = ADV.assemble(store, df, p.budgets, p.data.examples.fetch)
+                if req.out is not None:
+                    summary["adversarial"] = ADV.write(req.out / ADV.FOLDER, kept)
+    except KeyboardInterrupt as exc:
+        if req.out is not None and hasattr(exc, "add_note"):
+            exc.add_note(
+                f"evalkit: completed units are saved in {req.out}; continue with "
+                f"evaluate(..., out={str(req.out)!r}, resume=True)"
+            )
+        raise
     finally:
         log.close()
         counter.close()
@@ -501,7 +552,7 @@ def _run(model: Any, data: Any, req: Request, device: torch.device, info: D.Dist
     say(format_table(summary))
     if req.out is not None:
         say(f"run directory: {req.out}")
-    return EvalResult(summary, df, req.out, p.fingerprints)
+    return EvalResult(summary, df, req.out, p.fingerprints, kept)
 
 
 def training_health_flags(health: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from evalkit.errors import EvalkitError
+from evalkit.utils.suggest import eps_hint, with_hint
 
 NORMS = ("linf", "l2")
 DEFAULT_EPS = {"linf": "8/255", "l2": "0.5"}
@@ -98,7 +99,12 @@ def parse_budgets(
                 if math.isfinite(top)
                 else "(0, inf)"
             )
-            raise EvalkitError(f"eps {label} is out of range for {n}: it must be in {where}")
+            raise EvalkitError(
+                with_hint(
+                    f"eps {label} is out of range for {n}: it must be in {where}",
+                    eps_hint(value, n),
+                )
+            )
         if any(b.label == label for b in out):
             raise EvalkitError(f"eps {label} is given twice (list each budget once)")
         out.append(Budget(label, value, n))

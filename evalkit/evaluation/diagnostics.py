@@ -34,10 +34,10 @@ import torch.nn as nn
 
 from evalkit.defenses.inspect import readouts, selection_changed
 from evalkit.evaluation.budget import Budget
+from evalkit.evaluation.intervals import clopper_pearson, paired_difference
 from evalkit.evaluation.protocol import AttackPlan, ModelTraits, default_pgd
 from evalkit.evaluation.rundir import unit_key
 from evalkit.evaluation.units import CostCounter, attack_unit
-from evalkit.utils.intervals import paired_difference, wilson
 from evalkit.utils.seeding import derive_seed
 
 DIAG_N = 500  # at most this many points per eps (the first ones evaluated)
@@ -202,7 +202,10 @@ def _by_point(recs: list[dict[str, Any]], field: str) -> dict[int, Any]:
 
 
 def _interval(k: float, n: int) -> dict[str, Any]:
-    low, high = wilson(k, n)
+    """A count's share with its exact (Clopper-Pearson) interval, as the rest of the summary."""
+    if n <= 0:
+        return {"value": None, "low": None, "high": None, "n": 0}
+    low, high = clopper_pearson(k, n)
     return {"value": k / n if n else None, "low": low, "high": high, "n": n}
 
 

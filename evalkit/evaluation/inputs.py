@@ -65,9 +65,13 @@ def resolve_model(
     output: str = "auto",
     defense: str | None = None,
     params: dict[str, Any] | None = None,
+    model_dir: str | Path | None = None,
+    weights_set: str | None = None,
     device: torch.device,
 ) -> ModelInput:
-    """Load or adopt ``model`` and describe it (see the module docstring)."""
+    """Load or adopt ``model`` and describe it (see the module docstring). A folder given as
+    the model (or as ``weights``) is resolved to the one checkpoint file inside (printed) or
+    refused; ``weights_set`` picks ``"ema"``/``"raw"`` weights of a file holding both."""
     if isinstance(model, nn.Module):
         if defense:
             from evalkit.defenses import apply_defenses, parse_spec
@@ -85,8 +89,13 @@ def resolve_model(
         raise EvalkitError(
             f"model must be an nn.Module or a path/spec string, not {type(model).__name__}"
         )
+    from evalkit.checkpoint_files import resolve_checkpoint_path, weights_set_choice
     from evalkit.models.sources import load_any
 
+    if isinstance(model, (str, Path)) and Path(str(model)).is_dir():
+        model = resolve_checkpoint_path(model)
+    if weights is not None and Path(str(weights)).is_dir():
+        weights = resolve_checkpoint_path(weights)
     spec = str(model)
     is_factory = ":" in spec and not Path(spec).exists() and not spec.startswith("robustbench:")
     if weights is not None and not is_factory:
@@ -94,19 +103,22 @@ def resolve_model(
             "weights go with a factory model spec (pkg.module:factory or file.py:factory); "
             f"{spec} already holds its weights"
         )
-    net, meta = load_any(
-        spec,
-        ckpt=weights,
-        arch=arch,
-        dataset=dataset,
-        normalize=normalize,
-        force_normalize=force_normalize,
-        output=output,
-        defense=defense,
-        params=params,
-        device=device,
-    )
+    with weights_set_choice(weights_set):  # every model source's loader sees the choice
+        net, meta = load_any(
+            spec,
+            ckpt=weights,
+            arch=arch,
+            dataset=dataset,
+            normalize=normalize,
+            force_normalize=force_normalize,
+            output=output,
+            defense=defense,
+            params=params,
+            model_dir=model_dir,
+            device=device,
+        )
     desc = meta.describe()
+    desc["weights_set"] = weights_set
     ds = desc.get("dataset")
     names: tuple[str, ...] = ()
     if ds:
@@ -186,6 +198,11 @@ def resolve_data(
         raise DataError(
             f"cannot use data of type {type(data).__name__}: pass (x, y) tensors, a DataLoader, "
             "a .npz/.pt path or a dataset name"
+        )
+    if n is not None and n > len(split):
+        raise DataError(
+            f"n={n} but the data holds {len(split)} examples (pass n <= {len(split)}, or leave "
+            "n out to evaluate all of them)"
         )
     split = split.first(n)
     if len(split) == 0:

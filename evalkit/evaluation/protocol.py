@@ -21,6 +21,7 @@ from typing import Any
 
 from evalkit.attacks.registry import attack_names, get_attack
 from evalkit.errors import EvalkitError
+from evalkit.utils.suggest import did_you_mean, with_hint
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,12 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name.strip().lower()]
     except KeyError:
-        raise EvalkitError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})") from None
+        raise EvalkitError(
+            with_hint(
+                f"unknown preset {name!r} (known: {', '.join(PRESETS)})",
+                did_you_mean(name, PRESETS),
+            )
+        ) from None
 
 
 def _registry_plan(raw: str, name: str) -> AttackPlan:
@@ -320,8 +326,12 @@ def select_attacks(preset: Preset, names: list[str] | None, norm: str) -> list[A
                 plans.append(_registry_plan(raw, name))
             except EvalkitError:
                 known = sorted({*attack_names(), *(p.family for p in preset.attacks), "cw"})
+                ids = {p.id for p in preset.attacks} | {"aa", "apgd-ce"}
                 raise EvalkitError(
-                    f"unknown attack {raw!r} (known: {', '.join(known)}, or foolbox:AttackName)"
+                    with_hint(
+                        f"unknown attack {raw!r} (known: {', '.join(known)}, or foolbox:AttackName)",
+                        did_you_mean(raw, {*known, *ids}),
+                    )
                 ) from None
     out = []
     for p in plans:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from evalkit.evaluation.budget import Budget
 from evalkit.evaluation.diagnostics import format_diagnostics
+from evalkit.evaluation.intervals import count_interval, interval_block, score_interval
 from evalkit.evaluation.protocol import AttackPlan
 from evalkit.evaluation.rundir import unit_key
 from evalkit.evaluation.scoring import mc_standard_error
@@ -100,6 +101,7 @@ def per_example_table(
     n = len(df)
     grouped = _by_attack(records)
     clean_p = df["clean_p"].to_numpy()
+    out: dict[str, Any] = {}  # all attack columns at once (one concat, no fragmented frame)
     for b in budgets:
         running = clean_p.copy()
         broken_by = np.where(clean_p < 1.0, "clean", "").astype(object)
@@ -120,17 +122,18 @@ def per_example_table(
             broken_by[lowered] = plan.id
             running = np.where(attacked, np.minimum(running, np.nan_to_num(p, nan=1.0)), running)
             prefix = f"{plan.id}@{b.label}"
-            df[f"{prefix}:pred"] = pred
-            df[f"{prefix}:margin"] = margin
-            df[f"{prefix}:norm"] = norm
-            df[f"{prefix}:p"] = p
+            out[f"{prefix}:pred"] = pred
+            out[f"{prefix}:margin"] = margin
+            out[f"{prefix}:norm"] = norm
+            out[f"{prefix}:p"] = p
             if compaction:
-                df[f"{prefix}:score"] = running.copy()
+                out[f"{prefix}:score"] = running.copy()
             else:
-                df[f"{prefix}:score"] = np.where(attacked, np.minimum(clean_p, p), clean_p)
-        df[f"worst@{b.label}:score"] = running
-        df[f"worst@{b.label}:robust"] = running >= 1.0
-        df[f"worst@{b.label}:broken_by"] = np.where(running >= 1.0, "", broken_by).astype(str)
+                out[f"{prefix}:score"] = np.where(attacked, np.minimum(clean_p, p), clean_p)
+        out[f"worst@{b.label}:score"] = running
+        out[f"worst@{b.label}:robust"] = running >= 1.0
+        out[f"worst@{b.label}:broken_by"] = np.where(running >= 1.0, "", broken_by).astype(str)
+    df = pd.concat([df, pd.DataFrame(out, index=df.index)], axis=1)
     if class_names:
         df.insert(
             2,
@@ -142,6 +145,11 @@ def per_example_table(
 
 def _frac(k: float, n: int) -> float:
     return float(k) / n if n else float("nan")
+
+
+def _ci(scores: Any, draws: int) -> list[float]:
+    """``[low, high]`` of the 95% interval of ``mean(scores)`` (:mod:`.intervals`)."""
+    return score_interval(np.asarray(scores, dtype=float), draws).bounds
 
 
 def _cost(recs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -186,6 +194,7 @@ def summarize(
                     "eps_value": b.value,
                     "norm": b.norm,
                     "robust_accuracy": _frac(score.sum(), n),
+                    "robust_accuracy_ci": _ci(score, draws),
                     "n_robust": int((score >= 1.0).sum()),
                     "n_attacked": int(attacked.sum()),
                     "n_broken": int((attacked & (p < 1.0)).sum()),
@@ -210,14 +219,18 @@ def summarize(
     for b in budgets:
         score = df[f"worst@{b.label}:score"].to_numpy()
         by = df[f"worst@{b.label}:broken_by"]
+        interval = score_interval(score, draws)
         worst.append(
             {
                 "eps": b.label,
                 "eps_value": b.value,
                 "norm": b.norm,
                 "robust_accuracy": _frac(score.sum(), n),
+                "robust_accuracy_ci": interval.bounds,
+                "std_error": interval.std_error,
                 "n_robust": int((score >= 1.0).sum()),
                 "robust_accuracy_all_draws": _frac(int((score >= 1.0).sum()), n),
+                "robust_accuracy_all_draws_ci": count_interval(int((score >= 1.0).sum()), n).bounds,
                 "mc_std_error": mc_standard_error(score.tolist(), draws),
                 "broken_by": {k: int(v) for k, v in by[by != ""].value_counts().items()},
             }
@@ -232,8 +245,12 @@ def summarize(
                 "name": class_names[c] if c < len(class_names) else str(c),
                 "n": m,
                 "clean_accuracy": _frac(clean_p[sel].sum(), m),
+                "clean_accuracy_ci": _ci(clean_p[sel], draws),
                 "robust_accuracy": {
                     b.label: _frac(df.loc[sel, f"worst@{b.label}:score"].sum(), m) for b in budgets
+                },
+                "robust_accuracy_ci": {
+                    b.label: _ci(df.loc[sel, f"worst@{b.label}:score"], draws) for b in budgets
                 },
             }
         )
@@ -248,12 +265,15 @@ def summarize(
         "n_examples": n,
         "n_clean_correct": int((clean_p >= 1.0).sum()),
         "clean_accuracy": _frac(clean_p.sum(), n),
+        "clean_accuracy_ci": _ci(clean_p, draws),
         "clean_accuracy_all_draws": _frac(int((clean_p >= 1.0).sum()), n),
+        "clean_accuracy_all_draws_ci": count_interval(int((clean_p >= 1.0).sum()), n).bounds,
         "clean_mc_std_error": mc_standard_error(clean_p.tolist(), draws),
         "nonfinite_clean_logits": int(
             sum(r.get("nonfinite", 0) for r in all_recs if r.get("kind") == "clean")
         ),
         "scoring": scoring_block(draws),
+        "intervals": interval_block(draws),
         "results": results,
         "worst_case": worst,
         "per_class": per_class,
@@ -295,13 +315,23 @@ def scoring_block(draws: int) -> dict[str, Any]:
     }
 
 
+def _with_ci(value: Any, ci: Any) -> str:
+    """``42.33% [36.7, 48.1]`` (or just ``42.33%`` when the run recorded no interval)."""
+    text = f"{100 * value:.2f}%" if value is not None else "n/a"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+    return text
+
+
 def format_table(summary: dict[str, Any]) -> str:
-    """The table printed at the end of a run."""
+    """The table printed at the end of a run: every accuracy with its 95% interval."""
     mc = summary.get("scoring", {}).get("semantics") == "monte-carlo"
-    clean = f"clean accuracy: {100 * summary['clean_accuracy']:.2f}%"
+    clean = "clean accuracy: " + _with_ci(
+        summary["clean_accuracy"], summary.get("clean_accuracy_ci")
+    )
     if mc:
         clean += (
-            f" (Monte-Carlo over {summary['scoring']['draws']} draws, s.e. "
+            f" (Monte-Carlo over {summary['scoring']['draws']} draws, MC s.e. "
             f"{100 * summary['clean_mc_std_error']:.2f}; correct on all draws: "
             f"{100 * summary['clean_accuracy_all_draws']:.2f}%)"
         )
@@ -309,19 +339,25 @@ def format_table(summary: dict[str, Any]) -> str:
         clean += f"  ({summary['n_clean_correct']}/{summary['n_examples']})"
     lines = [clean]
     head = "cumulative robust acc (compaction)" if summary.get("compaction") else "robust acc"
-    lines.append(f"{'attack':<24}{'eps':<10}{head:>36}{'attacked':>10}{'broken':>8}")
+    head += " [95% CI]"
+    lines.append(f"{'attack':<24}{'eps':<10}{head:>46}{'attacked':>10}{'broken':>8}")
     for r in summary["results"]:
         name = r["attack"] + (" (probe)" if r.get("probe") else "")
         if r.get("diagnostic"):
             continue  # printed in their own block, with intervals
-        lines.append(
-            f"{name:<24}{r['eps']:<10}{100 * r['robust_accuracy']:>35.2f}%"
-            f"{r['n_attacked']:>10}{r['n_broken']:>8}"
-        )
+        acc = _with_ci(r["robust_accuracy"], r.get("robust_accuracy_ci"))
+        lines.append(f"{name:<24}{r['eps']:<10}{acc:>46}{r['n_attacked']:>10}{r['n_broken']:>8}")
     for w in summary["worst_case"]:
         extra = f"  (all draws {100 * w['robust_accuracy_all_draws']:.2f}%)" if mc else ""
-        lines.append(f"{'worst case':<24}{w['eps']:<10}{100 * w['robust_accuracy']:>35.2f}%{extra}")
+        acc = _with_ci(w["robust_accuracy"], w.get("robust_accuracy_ci"))
+        lines.append(f"{'worst case':<24}{w['eps']:<10}{acc:>46}{extra}")
     lines += format_diagnostics(summary.get("diagnostics"))
+    block = summary.get("intervals")
+    if isinstance(block, dict):
+        lines.append(
+            f"[95% CI] {block.get('method')}: n = {summary['n_examples']} test points "
+            "(docs/protocol.md, Intervals)"
+        )
     for f in summary.get("flags", []):
         lines.append(f"[{f['severity']}] {f['id']}: {f['message']}")
     return "\n".join(lines)

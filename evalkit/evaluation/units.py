@@ -19,6 +19,7 @@ from evalkit.attacks.eot import eot_loss
 from evalkit.attacks.losses import AttackLoss, make_loss
 from evalkit.attacks.registry import get_attack
 from evalkit.defenses.context import gradients_through_masks
+from evalkit.evaluation import adversarial
 from evalkit.evaluation.budget import Budget
 from evalkit.evaluation.protocol import AttackPlan
 from evalkit.evaluation.rundir import unit_key
@@ -235,6 +236,7 @@ def attack_unit(
         _scored(rec, score(model, x_adv, y, draws))
         if observe is not None:
             rec.update(observe())
+        adversarial.offer(rec, x_adv)  # kept only under save_adversarial
         rec.update(
             norm=perturbation_norm(x_adv - x, budget.norm).cpu().tolist(), violations=violations
         )

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from evalkit.defenses.inspect import Readout, normalized_entropy, selection_changed
-from evalkit.utils.intervals import paired_difference, wilson
+from evalkit.evaluation.intervals import paired_difference, wilson
 
 HEAD_MARGIN = 0.05  # a head ahead of the output by more than this (and significantly) fails
 HEAD_WARN = 0.02  # ... by more than this (and significantly): a warning

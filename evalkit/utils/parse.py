@@ -5,6 +5,7 @@ from __future__ import annotations
 from fractions import Fraction
 
 from evalkit.errors import EvalkitError
+from evalkit.utils.suggest import eps_hint
 
 
 def parse_eps(text: str | float, *, allow_zero: bool = False) -> float:
@@ -18,8 +19,10 @@ def parse_eps(text: str | float, *, allow_zero: bool = False) -> float:
         except (ValueError, ZeroDivisionError):
             raise EvalkitError(f"cannot read eps {raw!r} (write it like 8/255 or 0.031)") from None
     if value < 0 or (value == 0 and not allow_zero) or value > 1:
+        hint = eps_hint(value)
         raise EvalkitError(
-            f"eps {text} is out of range: pixels live in [0, 1], so eps must be in (0, 1] (e.g. 8/255)"
+            f"eps {text} is out of range: pixels live in [0, 1], so eps must be in (0, 1] "
+            + (f"({hint})" if hint else "(e.g. 8/255)")
         )
     return value
 

@@ -67,7 +67,13 @@ def resolve_model(
     params: dict[str, Any] | None = None,
     device: torch.device,
 ) -> ModelInput:
-    """Load or adopt ``model`` and describe it (see the module docstring)."""
+    """Load or adopt ``model`` and describe it (see the module docstring).
+
+    Defense parts that apply to any model (input transformations, ``bpda``;
+    :mod:`evalkit.defenses.transforms`) are applied after loading, to whatever was loaded."""
+    from evalkit.defenses.transforms import apply_after_load, split_spec
+
+    defense, params, after, after_params = split_spec(defense, params)
     if isinstance(model, nn.Module):
         if defense:
             from evalkit.defenses import apply_defenses, parse_spec
@@ -77,9 +83,11 @@ def resolve_model(
             from evalkit.models.wrap import wrap
 
             model = wrap(model, output=output)
+        named = "+".join([*([defense] if defense else []), *after]) or None
         return ModelInput(
-            model.to(device),
-            {"arch": type(model).__name__, "source": "python module", "defense": defense},
+            apply_after_load(model, after, after_params).to(device),
+            {"arch": type(model).__name__, "source": "python module", "defense": named},
+            defense_params=after_params,
         )
     if not isinstance(model, (str, Path)):
         raise EvalkitError(
@@ -103,10 +111,15 @@ def resolve_model(
         force_normalize=force_normalize,
         output=output,
         defense=defense,
-        params=params,
+        params=params or None,
         device=device,
     )
     desc = meta.describe()
+    if after:
+        net = apply_after_load(net, after, after_params).to(device)
+        base = str(desc.get("defense") or "standard")
+        desc["defense"] = "+".join([*([base] if base != "standard" else []), *after])
+        desc["defense_params"] = {**dict(desc.get("defense_params") or {}), **after_params}
     ds = desc.get("dataset")
     names: tuple[str, ...] = ()
     if ds:

@@ -19,6 +19,7 @@ import jinja2
 from evalkit.utils.io import atomic_write_text
 from reports import plots
 from reports.analysis_view import analysis_context
+from reports.curve import curve_context
 from reports.fmt import MISSING, pct, pretty
 from reports.perclass import per_class_rows
 from reports.provenance import (
@@ -259,6 +260,7 @@ def run_context(run: RunData, anchor: str) -> dict[str, Any]:
         "pivot": _pivot(run),
         "details": _details(run),
         "eps_plot": plots.eps_curve(run),
+        "curve": curve_context(run),
         "per_class": [
             {**r, "clean_pct": pct(r.get("clean")), "robust_pct": pct(r.get("robust"))}
             for r in pc_rows

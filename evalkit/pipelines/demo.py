@@ -1,8 +1,9 @@
 """The offline end-to-end job behind ``evalkit demo``, written against the Python API.
 
 Trains a standard, a PGD-AT and an AT+CAS small CNN on the bundled Fashion-MNIST subset
-(:func:`evalkit.training.api.train`), evaluates each with the protocol's ``fast`` preset
-(:func:`evalkit.evaluation.api.evaluate`), runs the analyses of :func:`demo_analyses` on all
+(:func:`evalkit.training.api.train`), evaluates each with the protocol's ``fast`` preset and
+the minimum-norm robustness curve (:func:`evalkit.evaluation.api.evaluate`, ``curve=True``),
+runs the analyses of :func:`demo_analyses` on all
 three (:func:`evalkit.analyses.analyze`: channel magnitude/uniformity, and activation-value
 distributions natural vs adversarial at two layers per model) and renders the report
 (:func:`evalkit.reporting.report`). Sizes fit about three minutes on two CPU cores; ``fast``
@@ -45,6 +46,7 @@ class DemoSizes:
     analysis_values: int = 20000  # activation values kept per (layer, kind) for the plots
     preset: str = "fast"
     eps: str = "8/255"
+    curve_steps: int = 100  # FMN iterations of the robustness curve (evaluate(curve=True))
 
 
 FAST = DemoSizes(
@@ -58,6 +60,7 @@ FAST = DemoSizes(
     analysis_values=4000,
     val_size=64,
     val_attack_steps=2,
+    curve_steps=10,
 )
 
 
@@ -164,6 +167,8 @@ def evaluate_models(
             seed=seed,
             device=device,
             echo=False,
+            curve=True,
+            curve_steps=sizes.curve_steps,
         )
     return results
 

@@ -117,7 +117,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         metavar="TRAITS",
         help="also adapt to these traits (comma list of aux_heads, stochastic, bounded_logits, "
-        "mask_gradients): compared models then face the same adaptive attacks",
+        "mask_gradients, non_differentiable): compared models then face the same adaptive attacks",
     )
     g.add_argument(
         "--curve",

@@ -162,6 +162,10 @@ PLUGIN_TRAITS = {
     "cifs": ("aux_heads", "mask_gradients"),
     "he": ("bounded_logits",),
     "sap": ("stochastic",),
+    "bitdepth": ("non_differentiable",),
+    "jpeg": ("non_differentiable",),
+    "median": ("non_differentiable",),
+    "bpda": ("non_differentiable",),
 }
 
 

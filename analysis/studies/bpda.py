@@ -125,6 +125,7 @@ def bpda_findings(
                     eps=eps,
                     drop_verdict=v_drop,
                     residual_verdict=v_res,
+                    **more,
                 ),
                 f"two parts: the drop from the plain {plain.upper()} to the worst case with its "
                 "BPDA copy (identity backward) is above 0, and that worst case is at most "

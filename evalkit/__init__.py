@@ -10,7 +10,9 @@ package's own modules never import each other through this file:
 * :func:`evalkit.train` — train a model with any defense;
 * :func:`evalkit.analyze` — the papers' analyses (channels, importance, pooling, ...);
 * :func:`evalkit.report` — HTML/PDF report from run and analysis directories;
-* :func:`evalkit.wrap` — give a model with its own preprocessing or outputs the contract.
+* :func:`evalkit.wrap` — give a model with its own preprocessing or outputs the contract;
+* :func:`evalkit.bpda` — declare a non-differentiable step and its backward approximation
+  (BPDA), :func:`evalkit.reparameterize` — the same for a deep iterative preprocessing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ _API = {
     "analyze": ("evalkit.analyses", "analyze"),
     "report": ("evalkit.reporting", "report"),
     "wrap": ("evalkit.models.wrap", "wrap"),
+    "bpda": ("evalkit.defenses.bpda", "bpda"),
+    "reparameterize": ("evalkit.defenses.bpda", "reparameterize"),
 }
 
 __all__ = ["__version__", *_API]

@@ -19,6 +19,7 @@ import jinja2
 from evalkit.utils.io import atomic_write_text
 from reports import plots
 from reports.analysis_view import analysis_context
+from reports.curve import curve_context
 from reports.diagnostics_view import diagnostics_context, health_context
 from reports.fmt import MISSING, pct, pretty
 from reports.intervals import clean_ci, method_note, pct_ci, row_ci
@@ -268,6 +269,7 @@ def run_context(run: RunData, anchor: str) -> dict[str, Any]:
         "health": health_context(run),
         "details": _details(run),
         "eps_plot": plots.eps_curve(run),
+        "curve": curve_context(run),
         "per_class": [
             {
                 **r,

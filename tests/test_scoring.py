@@ -215,7 +215,15 @@ def test_monte_carlo_estimates_match_known_probabilities():
     draws = 40
     x, y, q = _coin_data()
     result = evaluate(
-        Coin(), (x, y), attacks="fgsm", eot=2, mc_draws=draws, sanity=False, seed=3, **QUIET
+        Coin(),
+        (x, y),
+        attacks="fgsm",
+        eot=2,
+        mc_draws=draws,
+        sanity=False,
+        seed=3,
+        shattered="run",
+        **QUIET,
     )
     summary, df = result.summary, result.examples
     assert summary["scoring"]["semantics"] == "monte-carlo"
@@ -253,7 +261,14 @@ def test_randomness_is_detected_without_a_declaration():
 
     x, y, _ = _coin_data(16)
     summary = evaluate(
-        Undeclared(), (x, y), attacks="fgsm", eot=1, mc_draws=8, sanity=False, **QUIET
+        Undeclared(),
+        (x, y),
+        attacks="fgsm",
+        eot=1,
+        mc_draws=8,
+        sanity=False,
+        shattered="run",
+        **QUIET,
     ).summary
     assert summary["traits"]["random_detected"] is True
     assert summary["scoring"]["semantics"] == "monte-carlo" and summary["scoring"]["draws"] == 8

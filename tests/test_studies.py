@@ -9,8 +9,8 @@ from evalkit.cli import main
 from evalkit.pipelines.studies import STUDIES, scale_for
 
 
-def test_catalog_covers_the_five_findings():
-    assert set(STUDIES) == {"channels", "cas-cifs", "he", "sap-eot", "pooling"}
+def test_catalog_covers_the_six_findings():
+    assert set(STUDIES) == {"channels", "cas-cifs", "he", "sap-eot", "pooling", "bpda"}
     for study in STUDIES.values():
         assert study.claims and set(study.scales) == {"cpu", "medium", "gpu"}
 

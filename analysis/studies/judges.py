@@ -671,6 +671,19 @@ def he_findings(
 # ============================================================================ sap
 
 
+def vanishes(
+    drop: Interval, residual: Interval, margin: float, *, looked: bool
+) -> tuple[str, str, str]:
+    """The rule "the apparent robustness vanishes under the adaptive attack" (SAP under EOT,
+    input transformations under BPDA): ``(verdict, drop verdict, residual verdict)``. The drop
+    (non-adaptive minus adaptive) must lie above 0 and the residual (adaptive minus the
+    undefended model) at most ``margin``; robustness still there did not vanish, whatever the
+    drop; inconclusive unless the defense ``looked`` robust in the first place."""
+    v_drop, v_res = verdict(drop, direction=+1), at_most(residual, margin)
+    v = NOT_REPRODUCED if v_res == NOT_REPRODUCED else combine([v_drop, v_res])
+    return guard(v, not looked), v_drop, v_res
+
+
 def sap_findings(
     dense: Points,
     sap: Mapping[int, Points],
@@ -690,11 +703,7 @@ def sap_findings(
     v1 = verdict(looks, direction=+1, paper_effect=p1)
     drop = compare(sap[e_lo], sap[e_hi], seed=seed)
     residual = compare(sap[e_hi], dense, seed=seed)
-    v_drop = verdict(drop, direction=+1)
-    v_res = at_most(residual, margin)
-    # robustness that is still there under EOT did not vanish, whatever the drop
-    v2 = NOT_REPRODUCED if v_res == NOT_REPRODUCED else combine([v_drop, v_res])
-    v2 = guard(v2, v1 != REPRODUCED or e_lo == e_hi)
+    v2, v_drop, v_res = vanishes(drop, residual, margin, looked=v1 == REPRODUCED and e_lo != e_hi)
     ivs = {
         "dense_robust": dense.interval(),
         **{f"sap_robust_eot{e}": sap[e].interval() for e in sorted(sap)},

@@ -11,7 +11,8 @@ up by name with :func:`get_attack` and run them by keyword::
 
 Names: ``fgsm``, ``pgd``, ``cw_inf`` (alias ``cw``), ``cw_l2``, ``autoattack`` (alias ``aa``),
 ``aa_plus``, ``aa_rand``, ``square``, ``apgd`` (alias ``apgd-ce``), ``apgd-dlr``, ``apgd-t``,
-``apgd-ce-t``, and ``foolbox:Name`` for any Foolbox 3 attack
+``apgd-ce-t``, ``fmn`` (minimum-norm), ``bpda`` (any of them with BPDA gradients), and
+``foolbox:Name`` for any Foolbox 3 attack
 (:func:`attack_names` lists the registered ones, :func:`describe_attacks` describes them).
 :func:`attack_mode` puts the model in eval mode for the attack and restores it after.
 """
@@ -21,9 +22,11 @@ Names: ``fgsm``, ``pgd``, ``cw_inf`` (alias ``cw``), ``cw_l2``, ``autoattack`` (
 from evalkit.attacks import foolbox_adapter as foolbox_adapter
 from evalkit.attacks.apgd import apgd, apgd_ce_t, apgd_targeted
 from evalkit.attacks.autoattack import autoattack
+from evalkit.attacks.bpda import bpda_attack
 from evalkit.attacks.cw import cw_inf, cw_l2
 from evalkit.attacks.eot import eot_loss, is_model_random, needs_eot
 from evalkit.attacks.fgsm import fgsm
+from evalkit.attacks.fmn import fmn, fmn_min_norm
 from evalkit.attacks.losses import AttackLoss, make_loss
 from evalkit.attacks.mode import attack_mode
 from evalkit.attacks.pgd import pgd
@@ -45,11 +48,14 @@ __all__ = [
     "attack_mode",
     "attack_names",
     "autoattack",
+    "bpda_attack",
     "cw_inf",
     "cw_l2",
     "describe_attacks",
     "eot_loss",
     "fgsm",
+    "fmn",
+    "fmn_min_norm",
     "get_attack",
     "is_model_random",
     "make_loss",

@@ -29,8 +29,11 @@ points still robust, so per-attack numbers are the cumulative waterfall.
 
 Adaptive attacks come from the model's traits: the joint loss with auxiliary heads (CAS/CIFS),
 gradients through the CIFS mask, EOT for randomized models (AutoAttack too), a DLR-loss PGD for
-bounded logits (HE). An explicit --attacks list runs those attacks (made adaptive) and names the
-adaptive additions it left out. The planned attacks and an estimated cost are printed first.
+bounded logits (HE), BPDA versions of every gradient attack for declared non-differentiable
+steps (--defense bitdepth|jpeg|median, or bpda with --param bpda_modules=NAME). An explicit
+--attacks list runs those attacks (made adaptive) and names the adaptive additions it left
+out. A model whose input gradient is missing, zero or NaN (shattered) is refused with the fix.
+--curve adds the minimum-norm attack FMN: robust accuracy at every eps from one run. The planned attacks and an estimated cost are printed first.
 
 The run directory (config.json, summary.json, examples.parquet, records/) is bound to sha256
 hashes of the model and data; --resume refuses a run whose inputs changed.
@@ -45,6 +48,9 @@ examples:
   evalkit attack --model ./net.py:Net --data x.npz --attacks pgd,autoattack
   evalkit attack --ckpt runs/cifs/checkpoint.pt --param cifs_adaptive=true
   evalkit attack --ckpt runs/at/checkpoint.pt --defense sap --attacks pgd
+  evalkit attack --ckpt runs/std/checkpoint.pt --defense jpeg --param jpeg_quality=75
+  evalkit attack --model ./nets.py:build --defense bpda --param bpda_modules=quant
+  evalkit attack --ckpt runs/at/checkpoint.pt --preset fast --curve
   evalkit attack --ckpt runs/at/checkpoint.pt --norm l2 --eps 0.5,1.0
   torchrun --nproc_per_node 2 -m evalkit attack --ckpt runs/at/checkpoint.pt --n-examples 1000 --out runs/eval
 presets: default, fast, aa-fast, pgd, study-cpu, paper-cas, paper-cifs, paper-he, paper-sap,
@@ -113,8 +119,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         metavar="TRAITS",
         help="also adapt to these traits (comma list of aux_heads, stochastic, bounded_logits, "
-        "mask_gradients): compared models then face the same adaptive attacks (default: the "
+        "mask_gradients, non_differentiable): compared models then face the same adaptive attacks (default: the "
         "model's own traits only)",
+    )
+    g.add_argument(
+        "--curve",
+        action="store_true",
+        help="also run the minimum-norm attack FMN once on every point: robust accuracy at "
+        "every eps up to the largest budget (summary.json 'curve', drawn in the report)",
+    )
+    g.add_argument(
+        "--curve-steps",
+        type=positive_int,
+        default=100,
+        metavar="N",
+        help="iterations of the curve's FMN attack (default: 100)",
+    )
+    g.add_argument(
+        "--shattered",
+        choices=("error", "run"),
+        default="error",
+        help="a model whose input gradient is zero or NaN (e.g. a rounding step): error (default, "
+        "names the fix: declare the step for BPDA) or run the blind attacks anyway",
     )
     g.add_argument(
         "--no-compaction",
@@ -267,5 +293,8 @@ def run(args: argparse.Namespace) -> int:
         model_dir=args.model_dir,
         weights_set=args.weights_set,
         save_adversarial=args.save_adversarial,
+        curve=args.curve,
+        curve_steps=args.curve_steps,
+        shattered=args.shattered,
     )
     return 0

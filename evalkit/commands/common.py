@@ -123,8 +123,9 @@ def add_model_options(
     p.add_argument(
         "--defense",
         default=None,
-        help="test-time defense added on load, e.g. sap (stochastic activation pruning) "
-        "(default: none)",
+        help="test-time defense added on load: sap (stochastic activation pruning), input "
+        "transformations bitdepth, jpeg, median (any model; attacked with BPDA), or bpda "
+        "(declare submodules non-differentiable: --param bpda_modules=NAME) (default: none)",
     )
 
 

@@ -8,6 +8,10 @@
   adaptive attacks).
 * Stochastic modules (SAP) set ``stochastic = True``; bounded-logit heads (HE) set
   ``bounded_logits = True``. The harness reads these flags to choose adaptive attacks.
+* Non-differentiable steps declared with their backward approximation (BPDA,
+  :mod:`evalkit.defenses.bpda`: bit-depth reduction, JPEG, median smoothing, or any step
+  wrapped by :func:`evalkit.bpda`) set ``non_differentiable = True`` and read
+  ``self.bpda_active``, which :func:`bpda_gradients` turns on for one attack.
 """
 
 from __future__ import annotations
@@ -81,3 +85,35 @@ def gradients_through_masks(model: nn.Module, enabled: bool = True) -> Iterator[
     finally:
         for m, value in old:
             m.adaptive = value
+
+
+def has_non_differentiable(model: nn.Module) -> bool:
+    """True when a module declares a non-differentiable step with a backward approximation
+    (BPDA): the harness then adds BPDA versions of its gradient attacks."""
+    return _flag(model, "non_differentiable")
+
+
+def non_differentiable_steps(model: nn.Module) -> list[str]:
+    """``name: description`` of every declared non-differentiable step, in module order."""
+    return [
+        f"{name or type(m).__name__}: {m.extra_repr()}"
+        for name, m in model.named_modules()
+        if getattr(m, "non_differentiable", False)
+    ]
+
+
+@contextmanager
+def bpda_gradients(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Inside the block, declared non-differentiable steps use their backward approximation
+    (BPDA, Athalye et al. 2018); outside it a gradient sees the step as it is (zero or the
+    step's own autograd gradient). Forward values never change; settings are restored."""
+    mods = [m for m in model.modules() if getattr(m, "non_differentiable", False)]
+    old = [(m, getattr(m, "bpda_active", False)) for m in mods]
+    if enabled:
+        for m in mods:
+            m.bpda_active = True
+    try:
+        yield model
+    finally:
+        for m, value in old:
+            m.bpda_active = value

@@ -1,6 +1,7 @@
 """Plugin registry: each plugin is a model transform plus optional extra training loss.
 
-Plugin modules (``cas``, ``cifs``, ``he``, ``sap``, ``rcm``) call :func:`register` at import;
+Plugin modules (``cas``, ``cifs``, ``he``, ``sap``, ``rcm``, ``bitdepth``, ``jpeg``,
+``median``, ``bpda``) call :func:`register` at import;
 :func:`apply_defenses` imports them lazily so the registry is always complete.
 """
 
@@ -32,6 +33,9 @@ class Plugin:
         None
     )
     test_time_only: bool = False  # e.g. SAP: applied to any checkpoint, never trained with
+    # applied after loading, to any model (evalkit's or not): input transformations in front of
+    # it and BPDA declarations (evalkit/defenses/transforms.py); changes no weight names
+    any_model: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
 

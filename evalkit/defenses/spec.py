@@ -1,7 +1,7 @@
 """The defense SPEC grammar, parsed in one place.
 
 ``SPEC := [objective] ("+" plugin)*`` e.g. ``standard``, ``at``, ``trades+cas``, ``at+he``,
-``sap``. The objective (training loss) defaults to ``standard``; plugins are model transforms
+``sap``, ``jpeg``. The objective (training loss) defaults to ``standard``; plugins are model transforms
 (with optional extra losses) registered in :mod:`evalkit.defenses.registry`.
 """
 
@@ -22,7 +22,8 @@ OBJECTIVE_ALIASES = {
     "natural": "standard",
     "clean": "standard",
 }
-PLUGINS = ("cas", "cifs", "he", "sap", "rcm")  # built in: evalkit/defenses/<name>.py
+# built in: evalkit/defenses/<name>.py (the last four apply to any model at test time)
+PLUGINS = ("cas", "cifs", "he", "sap", "rcm", "bitdepth", "jpeg", "median", "bpda")
 #: plugins registered at run time (``evalkit.defenses.registry.register``), e.g. by a user's
 #: own module: a new defense is one module that registers itself (docs/extending.md)
 REGISTERED: set[str] = set()

@@ -32,17 +32,21 @@ from evalkit.defenses.context import (
     has_aux_heads,
     has_bounded_logits,
     has_mask_gradients,
+    has_non_differentiable,
     is_stochastic,
+    non_differentiable_steps,
 )
 from evalkit.errors import EvalkitError
 from evalkit.evaluation import adversarial as ADV
+from evalkit.evaluation import curve as C
 from evalkit.evaluation import distributed as D
 from evalkit.evaluation import sanity as S
 from evalkit.evaluation.budget import Budget, check_norm, check_positive_int, parse_budgets
 from evalkit.evaluation.diagnostics import masking_flags, run_diagnostics, summarize_diagnostics
 from evalkit.evaluation.diagnostics import wanted as wants_diagnostics
 from evalkit.evaluation.engine import Settings, n_batches, run_protocol
-from evalkit.evaluation.estimate import estimate, probe_rate
+from evalkit.evaluation.estimate import estimate, plan_cost, probe_rate
+from evalkit.evaluation.gradients import require_gradients
 from evalkit.evaluation.inputs import (
     DataInput,
     ModelInput,
@@ -110,7 +114,7 @@ class EvalResult:
         return format_table(self.summary)
 
 
-ADAPTABLE = ("aux_heads", "stochastic", "bounded_logits", "mask_gradients")
+ADAPTABLE = ("aux_heads", "stochastic", "bounded_logits", "mask_gradients", "non_differentiable")
 
 
 def _check_adapt_for(adapt_for: dict[str, bool] | None) -> dict[str, bool]:
@@ -130,6 +134,7 @@ def union_traits(models: list[nn.Module]) -> dict[str, bool]:
         "stochastic": any(is_stochastic(m) for m in models),
         "bounded_logits": any(has_bounded_logits(m) for m in models),
         "mask_gradients": any(has_mask_gradients(m) for m in models),
+        "non_differentiable": any(has_non_differentiable(m) for m in models),
     }
 
 
@@ -152,6 +157,8 @@ def _traits(model: nn.Module, x: torch.Tensor, num_classes: int, params: dict, s
         random_detected=random,
         bounded_logits=has_bounded_logits(model),
         mask_gradients=has_mask_gradients(model),
+        non_differentiable=has_non_differentiable(model),
+        bpda_steps=tuple(non_differentiable_steps(model)),
         beta=beta,
         num_classes=num_classes,
     )
@@ -164,6 +171,7 @@ def _protocol_text(
     n: int,
     compaction: bool,
     draws: int,
+    curve: AttackPlan | None = None,
 ) -> str:
     lines = [
         f"evaluation protocol (preset {preset}): {n} examples, norm {budgets[0].norm}, eps "
@@ -177,6 +185,8 @@ def _protocol_text(
         + (f"; Monte-Carlo scoring over {draws} draws" if draws > 1 else "")
     ]
     lines += [f"  {i}. {p.line()}" for i, p in enumerate(plans, 1)]
+    if curve is not None:
+        lines.append(f"  +  {curve.line()}")
     return "\n".join(lines)
 
 
@@ -251,6 +261,9 @@ def evaluate(
     model_dir: str | Path | None = None,
     weights_set: str | None = None,
     save_adversarial: bool = False,
+    curve: bool = False,
+    curve_steps: int = C.CURVE_STEPS,
+    shattered: str = "error",
 ) -> EvalResult:
     """Evaluate ``model``'s robustness on ``data`` under a protocol; returns an :class:`EvalResult`.
 
@@ -298,13 +311,26 @@ def evaluate(
             ``{"bounded_logits": True, "aux_heads": True}``: a comparison of several models
             passes the union of their traits (:func:`union_traits`) so every model faces the
             same attacks. Keys: ``aux_heads``, ``stochastic``, ``bounded_logits``,
-            ``mask_gradients``.
+            ``mask_gradients``, ``non_differentiable``.
+        curve: also run the minimum-norm attack FMN (Pintor et al. 2021) once on every
+            clean-correct point: summary.json ``curve`` holds robust accuracy at every eps up
+            to the largest budget, the report draws it, and flags mark budgets where it and the
+            fixed-eps attacks disagree (:mod:`evalkit.evaluation.curve`). ``curve_steps``:
+            its iterations (default 100).
+
+        shattered: ``error`` (default) or ``run``. Shattered gradients (missing, or zero or NaN
+            for a quarter of the probe points, e.g. a numpy or rounding step) are diagnosed
+            before any attack (:mod:`evalkit.evaluation.gradients`): an :class:`EvalkitError`
+            naming the fix (declare the step with :func:`evalkit.bpda` or a defense part);
+            a model that declares its steps gets BPDA versions of its gradient attacks instead.
+            ``run`` lets zero/NaN gradients through (the sanity checks flag them, the Square
+            probe counts what the blind attacks missed); a missing gradient is always refused.
 
     Raises:
         EvalkitError: one line naming the fix, for every bad input.
 
     Follows AutoAttack's protocol ideas (Croce & Hein, ICML 2020) and Athalye et al. (ICML
-    2018) for randomized defenses (EOT).
+    2018) for randomized defenses (EOT) and shattered gradients (BPDA).
     """
     t_start = time.perf_counter()
     chosen = get_preset(preset)
@@ -316,6 +342,8 @@ def evaluate(
         raise EvalkitError("resume needs out= (the run directory to continue)")
     if weights_set is not None and weights_set not in ("ema", "raw"):
         raise EvalkitError(f"weights_set must be 'ema' or 'raw', not {weights_set!r}")
+    if shattered not in ("error", "run"):
+        raise EvalkitError(f"shattered must be 'error' or 'run', not {shattered!r}")
     req = Request(
         eps=eps,
         norm=norm,
@@ -353,6 +381,8 @@ def evaluate(
         adapt_for=_check_adapt_for(adapt_for),
         t_start=t_start,
         save_adversarial=bool(save_adversarial),
+        curve_steps=check_positive_int("curve_steps", curve_steps) if curve else None,
+        shattered=shattered,
     )
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     info = D.setup(dev)
@@ -386,6 +416,8 @@ class Request:
     adapt_for: dict[str, bool]
     t_start: float
     save_adversarial: bool = False
+    curve_steps: int | None = None  # None: no robustness curve
+    shattered: str = "error"  # or "run": zero/NaN input gradients let through
 
     @property
     def protocol_name(self) -> str:
@@ -408,6 +440,7 @@ class Prepared:
     probe_x: torch.Tensor
     diagnose: bool = False  # run the masking diagnostics (evalkit.evaluation.diagnostics)
     own_traits: ModelTraits | None = None  # the model's own, before adapt_for (diagnostics)
+    curve: AttackPlan | None = None
 
     def config(self, req: Request) -> dict[str, Any]:
         """config.json: the settings and content hashes a resume must match."""
@@ -427,6 +460,7 @@ class Prepared:
             "sanity": req.sanity,
             "diagnostics": self.diagnose,
             "weights_set": req.load.get("weights_set"),
+            "curve": self.curve.describe() if self.curve is not None else None,
             "evalkit_version": __version__,
             "torch_version": torch.__version__,
         }
@@ -437,7 +471,9 @@ def _prepare(model: Any, data: Any, req: Request, device: torch.device) -> Prepa
     m = resolve_model(model, device=device, **req.load)
     d = resolve_data(data, dataset=req.load["dataset"] or m.dataset, n=req.n, **req.data_opts)
     check_shape(m, d)
-    probe_x = d.examples.fetch(torch.arange(min(16, len(d.examples))))[0].to(device)
+    probe_x, probe_y = (
+        t.to(device) for t in d.examples.fetch(torch.arange(min(16, len(d.examples))))
+    )
     num_classes = count_classes(m.model, probe_x)
     if m.num_classes is not None and int(m.num_classes) != num_classes:
         raise EvalkitError(
@@ -454,9 +490,30 @@ def _prepare(model: Any, data: Any, req: Request, device: torch.device) -> Prepa
     plans, adaptive = adapt_plans(
         req.plans, traits, eot=req.eot, loss=req.loss, explicit=req.explicit
     )
+    curve = C.curve_plan(req.curve_steps, traits, req.eot) if req.curve_steps else None
+    if curve is not None or any(q.white_box for q in plans):
+        with attack_mode(m.model):
+            require_gradients(
+                m.model,
+                probe_x,
+                probe_y,
+                declared=traits.non_differentiable,
+                missing_only=req.shattered == "run",
+            )
     settings = replace(req.settings, draws=req.mc_draws if traits.random else 1)
     return Prepared(
-        m, d, budgets, traits, plans, adaptive, settings, fingerprints(m, d), probe_x, diagnose, own
+        m,
+        d,
+        budgets,
+        traits,
+        plans,
+        adaptive,
+        settings,
+        fingerprints(m, d),
+        probe_x,
+        diagnose,
+        own,
+        curve,
     )
 
 
@@ -465,7 +522,13 @@ def _announce(p: Prepared, req: Request, say: Any) -> None:
     n = len(p.data.examples)
     say(
         _protocol_text(
-            req.protocol_name, p.plans, p.budgets, n, p.settings.compaction, p.settings.draws
+            req.protocol_name,
+            p.plans,
+            p.budgets,
+            n,
+            p.settings.compaction,
+            p.settings.draws,
+            p.curve,
         )
     )
     for a in p.adaptive:
@@ -474,8 +537,27 @@ def _announce(p: Prepared, req: Request, say: Any) -> None:
         say(f"  adaptive: {a['name']} ({a['reason']}) -> {ran}{extra}")
     with attack_mode(p.model.model):
         timing_x = p.data.examples.fetch(torch.arange(min(32, n)))[0].to(p.probe_x.device)
-        rate = probe_rate(p.model.model, timing_x)
+        rate = _rate(p.model.model, timing_x)
     say("  " + estimate(p.plans, p.budgets, n, p.settings.draws, rate).line())
+    if p.curve is not None:
+        f, b = plan_cost(p.curve, p.settings.draws)
+        say(
+            f"  curve ({p.curve.id}, once for every eps): at most {n * f:,} forward + "
+            f"{n * b:,} backward propagations (~{n * (f + b) * rate / 60:.1f} min) on top"
+        )
+
+
+def _rate(model: nn.Module, x: torch.Tensor) -> float:
+    """Seconds per propagation from the timed probe; a model without an input gradient (only
+    black-box attacks run on it) is timed on forward passes."""
+    try:
+        return probe_rate(model, x)
+    except RuntimeError:
+        with torch.no_grad():
+            model(x)
+            t0 = time.perf_counter()
+            model(x)
+        return (time.perf_counter() - t0) / max(len(x), 1)
 
 
 def _open_run_dir(p: Prepared, req: Request, info: D.DistInfo) -> None:
@@ -619,17 +701,41 @@ def _finish(
         return df, numbers
 
     df, numbers = tables(p.plans)
+    extra: list[AttackPlan] = []
+    curve_block: dict[str, Any] | None = None
     checks: list[dict[str, Any]] = []
+    if p.curve is not None:
+        with attack_mode(p.model.model):
+            C.run_curve(
+                p.model.model,
+                p.data.examples.fetch,
+                df,
+                p.curve,
+                req.norm,
+                p.traits,
+                seed=cfg.seed,
+                draws=cfg.draws,
+                batch_size=cfg.batch_size,
+                device=device,
+                counter=counter,
+                records=records,
+                record=record,
+            )
+        C.add_budget_records(records, df, p.curve, p.budgets)
+        curve_block, curve_flags, curve_cols = C.summarize_curve(records, df, p.curve, p.budgets)
+        checks += curve_flags
+        extra = [p.curve]
+        df, numbers = tables([*p.plans, *extra])
     probes: list[AttackPlan] = []
     sanity_cost: dict[str, Any] = {"propagations": 0, "share_of_protocol": 0.0, "skipped": True}
     if req.sanity:
         with attack_mode(p.model.model):
-            checks, probes, sanity_cost = S.run_checks(
+            found, probes, sanity_cost = S.run_checks(
                 p.model.model,
                 p.data.examples.fetch,
                 df,
                 numbers,
-                p.plans,
+                [*p.plans, *extra],
                 p.budgets,
                 p.traits,
                 seed=cfg.seed,
@@ -639,8 +745,9 @@ def _finish(
                 records=records,
                 record=record,
             )
+        checks = found + checks
         if probes:
-            df, numbers = tables([*p.plans, *probes])
+            df, numbers = tables([*p.plans, *extra, *probes])
     diag: list[AttackPlan] = []
     if p.diagnose:
         with attack_mode(p.model.model):
@@ -660,13 +767,16 @@ def _finish(
                 record=record,
             )
         if diag:
-            df, numbers = tables([*p.plans, *probes, *diag])
+            df, numbers = tables([*p.plans, *extra, *probes, *diag])
     numbers["diagnostics"] = summarize_diagnostics(df, records, diag, p.budgets)
     if numbers["diagnostics"] is not None:  # their rows live with them; their breaks are in
         rows = numbers["results"]  # the worst case, the protocol's table lists the protocol
         numbers["diagnostics"]["results"] = [r for r in rows if r.get("diagnostic")]
         numbers["results"] = [r for r in rows if not r.get("diagnostic")]
     numbers["cost"]["sanity"] = sanity_cost
+    if curve_block is not None:
+        numbers["cost"]["curve"] = curve_block["cost"]
+        df = df.merge(curve_cols, on="index", how="left")
     numbers["cost"]["wall_time_s"] = time.perf_counter() - req.t_start
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -674,6 +784,7 @@ def _finish(
         "seed": cfg.seed,
         "flags": _flags(p, numbers, checks),
         "adaptive": p.adaptive,
+        **({"curve": curve_block} if curve_block is not None else {}),
         "model": p.model.description,
         "fingerprints": p.fingerprints,
         "traits": asdict(p.traits),

@@ -9,7 +9,8 @@ without compaction:
 * **plain vs adaptive**: the protocol's PGD (first CE PGD entry, else PGD-20 step eps/4 with
   random start) once plain and once per adaptive variant the model's own traits call for
   (joint loss with the auxiliary heads; gradients through the CIFS mask; the DLR loss for
-  bounded logits), each on every clean-correct point among the first :data:`DIAG_N`. The paired
+  bounded logits; BPDA through declared non-differentiable steps), each on every clean-correct
+  point among the first :data:`DIAG_N`. The paired
   gap (plain robust accuracy minus the adaptive one, Newcombe 95% interval) is the
   ``gradient_masking_suspected`` flag when it exceeds :data:`MASKING_GAP` and its interval
   excludes 0 (Athalye et al., ICML 2018: robustness that only plain gradients see is masking).
@@ -35,7 +36,7 @@ import torch.nn as nn
 from evalkit.defenses.inspect import readouts, selection_changed
 from evalkit.evaluation.budget import Budget
 from evalkit.evaluation.intervals import clopper_pearson, paired_difference
-from evalkit.evaluation.protocol import AttackPlan, ModelTraits, default_pgd
+from evalkit.evaluation.protocol import AttackPlan, ModelTraits, bpda_plan, default_pgd
 from evalkit.evaluation.rundir import unit_key
 from evalkit.evaluation.units import CostCounter, attack_unit
 from evalkit.utils.seeding import derive_seed
@@ -48,7 +49,12 @@ DIAG_BATCH = "diag"
 def wanted(traits: ModelTraits) -> bool:
     """Whether the model's *own* traits call for diagnostics (a plug-in defense that an
     adaptive attack treats differently from a plain one)."""
-    return traits.aux_heads or traits.mask_gradients or traits.bounded_logits
+    return (
+        traits.aux_heads
+        or traits.mask_gradients
+        or traits.bounded_logits
+        or traits.non_differentiable
+    )
 
 
 def diagnostic_plans(plans: list[AttackPlan], traits: ModelTraits) -> list[AttackPlan]:
@@ -99,6 +105,9 @@ def diagnostic_plans(plans: list[AttackPlan], traits: ModelTraits) -> list[Attac
                 description=f"{base.description} on the {loss.upper()} loss",
             )
         )
+    if traits.non_differentiable:  # declared steps: their BPDA backward (Athalye et al. 2018)
+        copy = bpda_plan(replace(base, joint=traits.aux_heads))
+        out.append(replace(copy, id=f"diag:{name}-bpda", diagnostic=True))
     return out
 
 

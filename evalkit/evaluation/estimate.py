@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -68,6 +68,12 @@ def plan_cost(plan: AttackPlan, draws: int = 1) -> tuple[int, int]:
             fwd, bwd = fwd + f * e, bwd + b * e
     elif plan.attack == "square":
         fwd, bwd = int(o.get("n_queries", 5000)), 0
+    elif plan.attack == "fmn":  # steps x (fwd + bwd) per EOT sample, one forward on the last
+        steps = int(o.get("steps", 100))
+        fwd, bwd = steps * eot + 1, steps * eot
+    elif plan.attack == "bpda":  # the wrapped attack's cost: BPDA changes only the backward
+        inner = {k: v for k, v in o.items() if k != "attack"}
+        return plan_cost(replace(plan, attack=str(o.get("attack", "pgd")), options=inner), draws)
     else:  # foolbox and user attacks: unknown
         return 0, 0
     return fwd + draws, bwd

@@ -71,7 +71,11 @@ def resolve_model(
 ) -> ModelInput:
     """Load or adopt ``model`` and describe it (see the module docstring). A folder given as
     the model (or as ``weights``) is resolved to the one checkpoint file inside (printed) or
-    refused; ``weights_set`` picks ``"ema"``/``"raw"`` weights of a file holding both."""
+    refused; ``weights_set`` picks ``"ema"``/``"raw"`` weights of a file holding both. Defense parts that apply to any model (input transformations, ``bpda``;
+    :mod:`evalkit.defenses.transforms`) are applied after loading, to whatever was loaded."""
+    from evalkit.defenses.transforms import apply_after_load, split_spec
+
+    defense, params, after, after_params = split_spec(defense, params)
     if isinstance(model, nn.Module):
         if defense:
             from evalkit.defenses import apply_defenses, parse_spec
@@ -81,9 +85,11 @@ def resolve_model(
             from evalkit.models.wrap import wrap
 
             model = wrap(model, output=output)
+        named = "+".join([*([defense] if defense else []), *after]) or None
         return ModelInput(
-            model.to(device),
-            {"arch": type(model).__name__, "source": "python module", "defense": defense},
+            apply_after_load(model, after, after_params).to(device),
+            {"arch": type(model).__name__, "source": "python module", "defense": named},
+            defense_params=after_params,
         )
     if not isinstance(model, (str, Path)):
         raise EvalkitError(
@@ -113,12 +119,17 @@ def resolve_model(
             force_normalize=force_normalize,
             output=output,
             defense=defense,
-            params=params,
+            params=params or None,
             model_dir=model_dir,
             device=device,
         )
     desc = meta.describe()
     desc["weights_set"] = weights_set
+    if after:
+        net = apply_after_load(net, after, after_params).to(device)
+        base = str(desc.get("defense") or "standard")
+        desc["defense"] = "+".join([*([base] if base != "standard" else []), *after])
+        desc["defense_params"] = {**dict(desc.get("defense_params") or {}), **after_params}
     ds = desc.get("dataset")
     names: tuple[str, ...] = ()
     if ds:

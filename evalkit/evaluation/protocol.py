@@ -7,8 +7,8 @@ stand-in for demos and tests; ``aa-fast`` is an AutoAttack-grade evaluation with
 APGD-CE + APGD-T (early exit, per-iteration compaction); ``paper-*`` presets follow each seed
 paper's own evaluation script so its numbers can be reproduced. Adaptive changes (joint loss for
 auxiliary heads, differentiation through the CIFS mask, EOT for randomness, DLR for bounded
-logits) come from :func:`adapt_plans` and the model's traits, never by hand; docs/defenses.md
-tabulates them.
+logits, BPDA for declared non-differentiable steps) come from :func:`adapt_plans` and the model's
+traits, never by hand; docs/defenses.md tabulates them.
 
 Order matters under compaction: cheap attacks go first so the expensive ones (AutoAttack) only
 see the points that survived.
@@ -391,6 +391,8 @@ class ModelTraits:
     random_detected: bool = False  # two forward passes on one input differed
     bounded_logits: bool = False
     mask_gradients: bool = False  # CIFS-style mask computed from a gradient (attack through it)
+    non_differentiable: bool = False  # declared non-differentiable steps (BPDA copies added)
+    bpda_steps: tuple[str, ...] = ()  # what they are, for the record
     beta: float = 2.0
     num_classes: int = 10
 
@@ -455,7 +457,9 @@ def adapt_plans(
     ``explicit`` attack list nothing is added: the listed attacks are changed in place (joint,
     through the mask) and the additions that were left out are recorded under ``left_out``.
     ``loss`` overrides the loss of every gradient attack but CW. Fewer than 3 classes: DLR is
-    undefined and DLR-loss PGD uses the CW margin instead (recorded).
+    undefined and DLR-loss PGD uses the CW margin instead (recorded). Declared
+    non-differentiable steps add a BPDA copy of every gradient attack (:func:`with_bpda`),
+    with an explicit list too: BPDA is never inferred, the declaration is the user's request.
     """
     random = traits.random
     n_eot = eot if eot is not None else (20 if random else 1)
@@ -527,6 +531,8 @@ def adapt_plans(
     if random and not any(p.attack in APGD_LIKE for p in out):
         left_out["autoattack_rand"] = [f"AutoAttack rand (APGD with EOT-{n_eot})"]
     out, too_few = _fit_class_count(out, traits.num_classes)
+    if traits.non_differentiable:
+        out = with_bpda(out)
     out = _unique_ids(out)
     adaptive: list[dict[str, Any]] = []
     if too_few:
@@ -562,6 +568,18 @@ def adapt_plans(
             else "requested with eot"
         )
         adaptive.append(_adaptive_record("eot", why, [p for p in out if p.eot > 1], n=n_eot))
+    if traits.non_differentiable:
+        bpda = [p for p in out if p.attack == "bpda"]
+        adaptive.append(
+            _adaptive_record(
+                "bpda",
+                "declared non-differentiable steps (Athalye et al. 2018): "
+                + "; ".join(traits.bpda_steps or ("declared",)),
+                bpda,
+                steps=list(traits.bpda_steps),
+                **({"eot": n_eot} if n_eot > 1 else {}),
+            )
+        )
     aa_rand = [p for p in out if p.attack == "autoattack" and p.options.get("version") == "rand"]
     if random and aa_rand:
         adaptive.append(_adaptive_record("autoattack_rand", "randomness", aa_rand))
@@ -586,3 +604,37 @@ def adapt_plans(
             }
         )
     return out, adaptive
+
+
+def bpda_plan(p: AttackPlan) -> AttackPlan:
+    """``p`` run with BPDA gradients (registry attack ``bpda`` wrapping ``p.attack``): the
+    same loss, EOT and options; id ``<id>-bpda``."""
+    eot = f", EOT-{p.eot}" if p.eot > 1 else ""
+    return replace(
+        p,
+        id=f"{p.id}-bpda",
+        attack="bpda",
+        options={"attack": p.attack, **p.options},
+        adaptive=f"BPDA: backward approximation of the non-differentiable steps{eot}",
+        description=f"{p.description} with BPDA (declared backward of non-differentiable steps)",
+    )
+
+
+def with_bpda(plans: list[AttackPlan]) -> list[AttackPlan]:
+    """The plans plus a BPDA copy of each gradient attack (Athalye et al. 2018). The plain
+    attacks stay: their numbers are the obfuscated ones a non-adaptive evaluation reports.
+    Order follows the protocol's rule (cheap first): the copies of the cheap attacks run after
+    the plain cheap ones and before the first APGD/AutoAttack entry; each APGD/AutoAttack
+    entry is followed by its own copy."""
+    first_aa = next((i for i, p in enumerate(plans) if p.attack in APGD_LIKE), len(plans))
+    cheap, rest = plans[:first_aa], plans[first_aa:]
+
+    def wanted(p: AttackPlan) -> bool:
+        return p.white_box and not p.probe and p.attack != "bpda"
+
+    out = cheap + [bpda_plan(p) for p in cheap if wanted(p)]
+    for p in rest:
+        out.append(p)
+        if wanted(p):
+            out.append(bpda_plan(p))
+    return out

@@ -18,10 +18,12 @@ import torch.nn as nn
 
 from evalkit.attacks.losses import AttackLoss
 from evalkit.attacks.pgd import pgd
+from evalkit.defenses.context import bpda_gradients
 from evalkit.evaluation.budget import Budget
 from evalkit.evaluation.protocol import AttackPlan, ModelTraits
 from evalkit.evaluation.rundir import unit_key
 from evalkit.evaluation.units import CostCounter, attack_unit, build_loss
+from evalkit.utils.grad import gradients_on, usable_input
 from evalkit.utils.seeding import derive_seed, make_generator
 
 SANITY_N = 64  # at most this many examples for the gradient and huge-eps checks
@@ -71,17 +73,45 @@ def check_ball_violations(summary: dict[str, Any]) -> list[Flag]:
     ]
 
 
+def input_gradient(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: AttackLoss
+) -> torch.Tensor | None:
+    """``d loss / d x`` (x's shape), or None when the loss does not depend on ``x`` through
+    autograd (a step computed in numpy or under ``no_grad``: the gradient is *missing*).
+    Gradients are enabled here whatever the caller's context."""
+    with gradients_on():
+        xg = usable_input(x.detach()).clone().requires_grad_(True)
+        value = loss(model, xg, usable_input(y)).sum()
+        if not value.requires_grad:
+            return None
+        (grad,) = torch.autograd.grad(value, xg, allow_unused=True)
+    return grad
+
+
+def gradient_counts(grad: torch.Tensor) -> tuple[int, int]:
+    """(points with a NaN/inf gradient entry, points whose gradient is exactly zero)."""
+    flat = grad.flatten(1)
+    return int((~torch.isfinite(flat)).any(1).sum()), int((flat == 0).all(1).sum())
+
+
 def check_gradients(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: AttackLoss
 ) -> list[Flag]:
     """Zero or NaN input gradients at clean points make gradient attacks blind."""
     if not len(x):
         return []
-    xg = x.detach().clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(loss(model, xg, y).sum(), xg)
-    flat = grad.flatten(1)
-    nan = int((~torch.isfinite(flat)).any(1).sum())
-    zero = int((flat == 0).all(1).sum())
+    grad = input_gradient(model, x, y, loss)
+    if grad is None:
+        return [
+            flag(
+                "missing_gradients",
+                "info",
+                f"the input gradient is missing for all {len(x)} checked clean examples: only "
+                "black-box attacks can run on this model (declare its non-differentiable step "
+                "with evalkit.bpda for gradient attacks); the huge-eps PGD check was skipped",
+            )
+        ]
+    nan, zero = gradient_counts(grad)
     flags = []
     if nan:
         flags.append(
@@ -227,6 +257,55 @@ def square_probe_plan(queries: int) -> AttackPlan:
     )
 
 
+def _gradient_checks(
+    model: nn.Module,
+    fetch: Any,
+    correct: Any,
+    loss: AttackLoss,
+    eot: int,
+    budget: int,
+    traits: ModelTraits,
+    *,
+    seed: int,
+    draws: int,
+    device: torch.device,
+) -> list[Flag]:
+    """The zero/NaN-gradient and huge-eps checks on clean-correct points, within their shares
+    of ``budget``."""
+    flags: list[Flag] = []
+    # gradients: one forward+backward per EOT sample and point
+    per = 2 * eot
+    n = min(SANITY_N, len(correct), int(SHARES["gradients"] * budget) // per)
+    if n >= 1:
+        x, y = (t.to(device) for t in fetch(torch.as_tensor(correct[:n].copy())))
+        torch.manual_seed(derive_seed(seed, "sanity"))
+        flags += check_gradients(model, x, y, loss)
+        if any(f["id"] == "missing_gradients" for f in flags):
+            return flags
+    else:
+        flags.append(over_budget("gradient", per, int(SHARES["gradients"] * budget)))
+    # huge eps: the largest of PGD-20/10/5 that fits on >= 8 points
+    share = int(SHARES["huge_eps"] * budget)
+    for steps in (20, 10, 5):
+        per = 2 * steps * eot + draws
+        n = min(SANITY_N, len(correct), share // per)
+        if n >= min(8, len(correct)):
+            x, y = (t.to(device) for t in fetch(torch.as_tensor(correct[:n].copy())))
+            flags += check_huge_eps(
+                model,
+                x,
+                y,
+                loss,
+                traits.num_classes,
+                derive_seed(seed, "huge-eps"),
+                steps=steps,
+            )
+            break
+    else:
+        flags.append(over_budget("huge-eps PGD", 8 * (10 * eot + draws), share))
+    return flags
+
+
 def run_checks(
     model: nn.Module,
     fetch: Any,
@@ -260,35 +339,20 @@ def run_checks(
     )
     eot = grad_plan.eot if grad_plan else (20 if traits.random else 1)
     loss = build_loss(grad_plan or AttackPlan("ce", "pgd", "pgd", eot=eot), traits.beta)
-    if len(correct):
-        # gradients: one forward+backward per EOT sample and point
-        per = 2 * eot
-        n = min(SANITY_N, len(correct), int(SHARES["gradients"] * budget) // per)
-        if n >= 1:
-            x, y = (t.to(device) for t in fetch(torch.as_tensor(correct[:n].copy())))
-            torch.manual_seed(derive_seed(seed, "sanity"))
-            flags += check_gradients(model, x, y, loss)
-        else:
-            flags.append(over_budget("gradient", per, int(SHARES["gradients"] * budget)))
-        # huge eps: the largest of PGD-20/10/5 that fits on >= 8 points
-        share = int(SHARES["huge_eps"] * budget)
-        for steps in (20, 10, 5):
-            per = 2 * steps * eot + draws
-            n = min(SANITY_N, len(correct), share // per)
-            if n >= min(8, len(correct)):
-                x, y = (t.to(device) for t in fetch(torch.as_tensor(correct[:n].copy())))
-                flags += check_huge_eps(
-                    model,
-                    x,
-                    y,
-                    loss,
-                    traits.num_classes,
-                    derive_seed(seed, "huge-eps"),
-                    steps=steps,
-                )
-                break
-        else:
-            flags.append(over_budget("huge-eps PGD", 8 * (10 * eot + draws), share))
+    with bpda_gradients(model, traits.non_differentiable):  # the gradients attacks use
+        if len(correct):
+            flags += _gradient_checks(
+                model,
+                fetch,
+                correct,
+                loss,
+                eot,
+                budget,
+                traits,
+                seed=seed,
+                draws=draws,
+                device=device,
+            )
     square_ids = [
         p.id
         for i, p in enumerate(plans)

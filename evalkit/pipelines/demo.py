@@ -1,8 +1,9 @@
 """The offline end-to-end job behind ``evalkit demo``, written against the Python API.
 
 Trains a standard, a PGD-AT and an AT+CAS small CNN on the bundled Fashion-MNIST subset
-(:func:`evalkit.training.api.train`), evaluates each with the protocol's ``fast`` preset
-(:func:`evalkit.evaluation.api.evaluate`), runs the analyses of :func:`demo_analyses` on all
+(:func:`evalkit.training.api.train`), evaluates each with the protocol's ``fast`` preset and
+the minimum-norm robustness curve (:func:`evalkit.evaluation.api.evaluate`, ``curve=True``),
+runs the analyses of :func:`demo_analyses` on all
 three (:func:`evalkit.analyses.analyze`: channel magnitude/uniformity, and activation-value
 distributions natural vs adversarial at two layers per model) and renders the report
 (:func:`evalkit.reporting.report`). Sizes fit about 3.5 minutes on two CPU cores (3.4 measured,
@@ -49,6 +50,7 @@ class DemoSizes:
     #: the evaluation's eps sweep (the headline ``eps`` first): the report's accuracy-vs-eps
     #: curves have a point at each, plus clean accuracy at 0
     eval_eps: tuple[str, ...] = ("8/255", "2/255", "4/255", "6/255")
+    curve_steps: int = 100  # FMN iterations of the robustness curve (evaluate(curve=True))
 
 
 FAST = DemoSizes(
@@ -62,6 +64,7 @@ FAST = DemoSizes(
     analysis_values=4000,
     val_size=64,
     val_attack_steps=2,
+    curve_steps=10,
 )
 
 
@@ -168,6 +171,8 @@ def evaluate_models(
             seed=seed,
             device=device,
             echo=False,
+            curve=True,
+            curve_steps=sizes.curve_steps,
         )
     return results
 

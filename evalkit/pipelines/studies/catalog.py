@@ -1,4 +1,5 @@
-"""The five seed-paper findings as runnable studies, at three scales.
+"""The five seed-paper findings and Athalye et al.'s BPDA finding as runnable studies, at three
+scales.
 
 Scales (Fashion-MNIST's usual Linf budget is 0.1, CIFAR's 8/255; every scale trains each model
 with seeds 0, 1, 2):
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from analysis.studies import bpda as bpda_judge
 from analysis.studies import judges
 from evalkit.pipelines.studies.spec import ModelDef, Scale, Study, StudyContext
 from evalkit.pipelines.studies.steps import Step
@@ -177,6 +179,10 @@ PLUGIN_TRAITS = {
     "cifs": ("aux_heads", "mask_gradients"),
     "he": ("bounded_logits",),
     "sap": ("stochastic",),
+    "bitdepth": ("non_differentiable",),
+    "jpeg": ("non_differentiable",),
+    "median": ("non_differentiable",),
+    "bpda": ("non_differentiable",),
 }
 
 
@@ -252,6 +258,21 @@ def _sap_evaluations(ctx: StudyContext, seed: int) -> list[Step]:
         evaluate_step(ctx, "std", seed, run_key="std_sap_no_eot", defense="sap", eot=1, **common),
         evaluate_step(ctx, "std", seed, run_key="std_sap_auto", defense="sap", **common),
     ]
+
+
+def _bpda_evaluations(ctx: StudyContext, seed: int) -> list[Step]:
+    """The standard model undefended and behind each input transformation (its defense part's
+    defaults), PGD-20 (plus, behind a transformation, its BPDA copy): judged at the scale's eps,
+    half of it recorded beside."""
+    common = {"preset": "pgd", "eps": list(reversed(_sap_eps(ctx)))}
+    steps = [evaluate_step(ctx, "std", seed, run_key=bpda_judge.DENSE_KEY, **common)]
+    for part, _ in bpda_judge.TRANSFORMS:
+        steps.append(
+            evaluate_step(
+                ctx, "std", seed, run_key=bpda_judge.run_key(part), defense=part, **common
+            )
+        )
+    return steps
 
 
 # ---------------------------------------------------------------------------- pooling grid
@@ -383,6 +404,18 @@ STUDIES: dict[str, Study] = {
             evaluations=lambda ctx, seed: [],
             analyses=_pooling_analyses,
             judge=judges.judge_pooling,
+            scales=SCALES,
+        ),
+        Study(
+            "bpda",
+            "Input transformations under BPDA (shattered gradients)",
+            "Guo et al., ICLR 2018 (input transformations); Athalye, Carlini & Wagner, ICML 2018 "
+            "(BPDA)",
+            claims=bpda_judge.claims(),
+            models=lambda scale: [STD],
+            evaluations=_bpda_evaluations,
+            analyses=lambda ctx, seed: [],
+            judge=bpda_judge.judge_bpda,
             scales=SCALES,
         ),
     ]

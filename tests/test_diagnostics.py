@@ -70,7 +70,8 @@ def test_selection_model_is_flagged_and_every_break_counts():
     model = SelectedByArgmax(w)
     with one_thread():
         r = evaluate_shattered(model, x, y)
-    d = r.summary["diagnostics"]
+    d = r.diagnostics
+    assert d is r.summary["diagnostics"]
     e = d["per_eps"][0]
     plain = e["attacks"][d["plain"]]["robust_accuracy"]["value"]
     joint = e["attacks"][d["adaptive"][0]]["robust_accuracy"]["value"]

@@ -159,6 +159,7 @@ def test_cifs_recipe_converges_within_a_margin_of_at(tmp_path):
     assert last(cifs)["health"]["status"] != "failed"
     starved = last(paper)
     assert starved["health"]["status"] == "failed"
+    assert any("beats the output" in r for r in starved["health"]["reasons"])
     assert starved["history"][-1]["val_clean_acc"] < last(nat)["history"][-1]["val_clean_acc"]
 
 

@@ -110,6 +110,12 @@ class EvalResult:
         low, high = self.summary["worst_case"][0]["robust_accuracy_ci"]
         return float(low), float(high)
 
+    @property
+    def diagnostics(self) -> dict[str, Any] | None:
+        """The masking diagnostics of a plug-in model (plain vs adaptive attacks run on their
+        own, heads vs output; :mod:`evalkit.evaluation.diagnostics`), None when none ran."""
+        return self.summary.get("diagnostics")
+
     def __repr__(self) -> str:
         return format_table(self.summary)
 

@@ -1185,7 +1185,8 @@ def judge_pooling(ctx: StudyContext) -> list[Finding]:
             rows[0]["pool"], float(rows[0]["map_size"]), robust, None, change
         )
     per_label = {lab: [doc["scalars"][lab] for doc in docs] for lab in labels}
-    return mechanisms.pooling(_seeds(pooling_findings(models, seed=ctx.seed), ctx), per_label)
+    found = _seeds(pooling_findings(models, seed=ctx.seed), ctx)
+    return mechanisms.pooling(found, per_label, models, seed=ctx.seed)
 
 
 __all__ = [

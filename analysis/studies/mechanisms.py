@@ -26,6 +26,7 @@ import numpy as np
 
 from analysis.studies.spec import StudyContext
 from analysis.studies.stats import Interval
+from evalkit.evaluation.diagnostics import MASKING_GAP
 
 
 @dataclass
@@ -195,17 +196,22 @@ def describe(m: Mechanism, *, label: str) -> str:
     parts = [f"{label}: {_health_text(m)}"]
     if m.gap is not None:
         adaptive = ", ".join(a.removeprefix("diag:") for a in m.adaptive_ids)
-        hidden = m.gap.lo > 0
-        parts.append(
-            f"plain {m.plain_id.removeprefix('diag:')} leaves {_pct(m.plain)} robust, its adaptive "
-            f"versions ({adaptive}) {_pct(m.adaptive)}: gap {_points(m.gap)}"
-            + (
+        if m.gap.lo > 0 and m.gap.estimate > MASKING_GAP:
+            verdict = (
                 " - the defense hides its gradient from plain attacks, so only the adaptive "
                 "worst case (which includes these attacks) is a measure of it"
-                if hidden
-                else " - no sign that it hides its gradient"
             )
-            + f" (flagged in {m.suspected}/{len(m.health)} seeds)"
+        elif m.gap.lo > 0:
+            verdict = (
+                f" - plain attacks overstate it slightly (below the {100 * MASKING_GAP:g}-point "
+                "masking threshold)"
+            )
+        else:
+            verdict = " - no sign that it hides its gradient"
+        parts.append(
+            f"plain {m.plain_id.removeprefix('diag:')} leaves {_pct(m.plain)} robust, its adaptive "
+            f"versions ({adaptive}) {_pct(m.adaptive)}: gap {_points(m.gap)}{verdict} "
+            f"(gradient_masking_suspected in {m.suspected}/{len(m.health)} seeds)"
         )
     for i, h in enumerate(m.heads):
         parts.append(
@@ -300,10 +306,19 @@ def channels(findings: list[Any], ctx: StudyContext) -> list[Any]:
     return findings
 
 
-def pooling(findings: list[Any], rows: dict[str, list[dict[str, Any]]]) -> list[Any]:
+def pooling(
+    findings: list[Any],
+    rows: dict[str, list[dict[str, Any]]],
+    models: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> list[Any]:
     """RCM: map size alone, or map size and receptive field together? ``rows``: per model label,
     the pooling analysis' scalars per seed (``map_hw``, ``receptive_field``, ``input_size``,
-    ``clean_accuracy``)."""
+    ``clean_accuracy``); ``models``: the judge's per-model points, for the equal-receptive-field
+    contrast (largest minus smallest map among the average-pooled models whose receptive field
+    equals the smallest map's)."""
+    from analysis.studies.judges import compare
+
     parts = []
     for label, per_seed in sorted(rows.items(), key=lambda kv: (kv[0].split("-")[0], kv[0])):
         r = per_seed[0]
@@ -317,12 +332,23 @@ def pooling(findings: list[Any], rows: dict[str, list[dict[str, Any]]]) -> list[
     rfs = {rs[0]["receptive_field"] for rs in rows.values()}
     note = (
         "the models differ in receptive field as well as map size (in-model upsampling makes the "
-        "map larger but each unit sees a smaller part of the image), so a drop at the largest "
-        "map mixes both; the models with equal receptive fields isolate the map size"
+        "map larger but each unit sees a smaller part of the image), so the largest-minus-"
+        "smallest contrast mixes both"
         if len(rfs) > 1
         else "every model has the same receptive field, so only the map size differs"
     )
     text = "; ".join(parts) + f"; {note}"
+    avg = {k: v for k, v in rows.items() if v[0].get("pool") == "avg"}
+    if models and len(rfs) > 1 and avg:
+        small = min(avg, key=lambda k: avg[k][0]["map_size"])
+        same = [k for k in avg if avg[k][0]["receptive_field"] == avg[small][0]["receptive_field"]]
+        large = max(same, key=lambda k: avg[k][0]["map_size"])
+        if large != small and large in models and small in models:
+            gap = compare(models[large].robust, models[small].robust, seed=seed)
+            text += (
+                f"; at equal receptive field ({avg[small][0]['receptive_field']} px) the larger "
+                f"average-pooled map ({large}) minus the smaller ({small}): {_points(gap)}"
+            )
     for f in findings:
         f.mechanism = text
     return findings

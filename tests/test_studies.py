@@ -87,3 +87,11 @@ def test_publishing_needs_three_training_seeds(tmp_path, capsys):
     assert main(argv) == 2
     assert "at least 3 training seeds" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before any step ran
+
+
+def test_study_help_names_every_study():
+    from evalkit.commands.study import EPILOG
+    from evalkit.pipelines.studies import STUDIES
+
+    listed = EPILOG.splitlines()[0].removeprefix("studies: ").removesuffix(" (or all)").split(", ")
+    assert listed == list(STUDIES)

@@ -8,7 +8,7 @@ import json
 import shlex
 import sys
 
-EPILOG = """studies: channels, cas-cifs, he, sap-eot, pooling (or all)
+EPILOG = """studies: channels, cas-cifs, he, sap-eot, pooling, bpda (or all)
 examples:
   evalkit study channels --scale cpu --out runs/studies
   evalkit study all --scale cpu --fresh --out runs/studies --publish docs/studies

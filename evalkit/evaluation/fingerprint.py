@@ -61,6 +61,10 @@ def tensors_sha256(*tensors: torch.Tensor) -> str:
 # orchestration that decides which steps run (their arguments are keyed separately) and judges
 # their results afresh on every run; it computes no step's result, so editing it reuses them
 NOT_STEP_CODE = (
+    # The CLI: steps call the Python API and the library never imports the CLI
+    # (tests/test_import_graph.py), so help text and flag parsing cannot change a step's result.
+    "evalkit/cli.py",
+    "evalkit/commands/",
     "evalkit/pipelines/studies/runner.py",
     "evalkit/pipelines/studies/catalog.py",
     "evalkit/pipelines/studies/spec.py",

@@ -10,7 +10,7 @@ from evalkit.checkpoint import CheckpointMeta, load_model
 from evalkit.data import ArraySplit, load_array_file, load_split
 from evalkit.errors import DataError, EvalkitError
 from evalkit.utils.device import resolve_device
-from evalkit.utils.parse import parse_floats
+from evalkit.utils.parse import parse_normalize
 
 
 def positive_int(text: str) -> int:
@@ -153,16 +153,6 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="use the first N test examples (default: all)",
     )
-
-
-def parse_normalize(text: str | None) -> tuple[list[float], list[float]] | None:
-    if not text:
-        return None
-    if ";" not in text:
-        mean_s, std_s = text.split(",", 1) if text.count(",") == 1 else (text, text)
-        return [float(mean_s)], [float(std_s)]
-    mean_s, std_s = text.split(";", 1)
-    return list(parse_floats(mean_s, name="mean")), list(parse_floats(std_s, name="std"))
 
 
 def load_model_from_args(

@@ -155,3 +155,11 @@ def test_probe_model(model, batch):
 def test_site_channels(model):
     assert site_channels(model, ("bn_a", "conv_b")) == {"bn_a": 4, "conv_b": 4}
     assert _modes(model) == MIXED
+
+
+def test_count_classes(model, batch):
+    from evalkit.evaluation.inputs import count_classes
+
+    assert count_classes(model, batch[0]) == 3
+    assert _ran_in_eval(model)
+    assert _modes(model) == MIXED

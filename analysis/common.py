@@ -8,8 +8,7 @@ joint loss (final CE + 2 x mean CE of the auxiliary heads), as the seed papers e
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from evalkit.attacks import AttackLoss, make_loss, pgd
 from evalkit.attacks.mode import attack_mode
 from evalkit.checkpoint import CheckpointMeta
 from evalkit.defenses.context import has_aux_heads
+from evalkit.utils.mode import model_mode
 from evalkit.utils.seeding import derive_seed, make_generator
 
 # the CAS activation-analysis recipe (the paper's own setting): PGD-20, eps 8/255, step 0.003, random start
@@ -74,15 +74,10 @@ def unique_labels(labels: list[str]) -> list[str]:
     return out
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore its previous mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
+def eval_mode(model: nn.Module) -> AbstractContextManager[nn.Module]:
+    """``model`` in eval mode for the block, each module's mode restored after
+    (:func:`evalkit.attacks.mode.model_mode`: a mixed-mode model stays mixed)."""
+    return model_mode(model, False)
 
 
 def attack_loss_for(model: nn.Module, loss: str = "ce") -> AttackLoss:

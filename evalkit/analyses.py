@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from evalkit.errors import DataError, EvalkitError
 from evalkit.utils.io import atomic_write_json
+from evalkit.utils.parse import parse_eps, parse_eps_items, parse_normalize
 from evalkit.utils.suggest import did_you_mean, with_hint
 
 ANALYSIS_PACKAGE = "analysis"
@@ -172,8 +173,6 @@ class AnalysisInputs:
 
 def single_eps(value: Any, default: str = "8/255") -> float:
     """One budget from None (``default``), a number or text such as ``"8/255"``."""
-    from evalkit.utils.parse import parse_eps
-
     if isinstance(value, (list, tuple)):
         if len(value) != 1:
             raise EvalkitError(f"eps: this analysis takes one budget, got {len(value)}")
@@ -182,16 +181,9 @@ def single_eps(value: Any, default: str = "8/255") -> float:
 
 
 def eps_list(value: Any, default: str) -> list[tuple[str, float]]:
-    """``[(label, eps), ...]`` from None (``default``), a number, ``"2/255,8/255"`` or a list."""
-    from evalkit.utils.parse import parse_eps, parse_eps_list
-
-    if value is None:
-        return parse_eps_list(default)
-    if isinstance(value, (int, float)):
-        return [(f"{value:g}", parse_eps(value))]
-    if isinstance(value, str):
-        return parse_eps_list(value)
-    return [(str(v) if isinstance(v, str) else f"{v:g}", parse_eps(v)) for v in value]
+    """``[(label, eps), ...]`` from None (``default``), a number, ``"2/255,8/255"`` or a list
+    (Linf; read and checked by :func:`evalkit.utils.parse.parse_eps_items`)."""
+    return parse_eps_items(default if value is None else value, "linf")
 
 
 # ------------------------------------------------------------------------------ result
@@ -398,6 +390,8 @@ def analyze(
     seed_everything(seed)
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
     opts = dict(model_options or {})
+    if opts.get("normalize") is not None:  # the CLI's text form works here too, one parser
+        opts["normalize"] = parse_normalize(opts["normalize"])
     entries, sources = _load_models(models, dev, opts)
     metas = [e.meta for e in entries]
     split, label = _data_split(data, metas, data_root, download)

@@ -236,3 +236,40 @@ def test_library_never_imports_the_pipelines():
         )
     ]
     assert offenders == []
+
+
+# One parser per concept (issue 20): a second eps or normalization parser is how the CLI and
+# the API came to disagree ("0.5" accepted by one, refused by the other), so only the parser
+# module may define one; everything else calls it.
+PARSER_MODULE = "evalkit/utils/parse.py"
+PARSER_NAMES = ("parse_normalize", "_parse_normalize")
+PARSER_PREFIXES = ("parse_eps", "_parse_eps")
+
+
+def parser_definitions(directories: list[Path], root: Path = ROOT) -> list[str]:
+    """``path:line name`` of every function (also nested or a method) whose name is a parser's."""
+    hits = []
+    for directory in directories:
+        for path in sorted(directory.rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                    node.name in PARSER_NAMES or node.name.startswith(PARSER_PREFIXES)
+                ):
+                    hits.append(f"{path.relative_to(root).as_posix()}:{node.lineno} {node.name}")
+    return hits
+
+
+def test_the_parser_scan_finds_definitions(tmp_path):
+    (tmp_path / "m.py").write_text(
+        "def parse_eps_budget(x):\n    return x\n\nclass C:\n    def _parse_normalize(self):\n"
+        "        def parse_eps(): pass\n"
+    )
+    names = [h.split()[1] for h in parser_definitions([tmp_path], tmp_path)]
+    assert names == ["parse_eps_budget", "_parse_normalize", "parse_eps"]
+
+
+def test_only_the_parser_module_defines_eps_and_normalize_parsers():
+    dirs = [ROOT / d for d in ("evalkit", "analysis", "reports") if (ROOT / d).is_dir()]
+    hits = parser_definitions(dirs)
+    assert hits and all(h.startswith(f"{PARSER_MODULE}:") for h in hits), hits

@@ -11,12 +11,37 @@ from pathlib import Path
 import pytest
 
 from analysis.studies.judges import MIN_TRAINING_SEEDS
-from evalkit.pipelines.studies.runner import _interval_text, verdict_table, write_index
+from evalkit.pipelines.studies.runner import verdict_table, write_index
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES_DIR = ROOT / "docs" / "studies"
 FINDINGS = sorted(STUDIES_DIR.glob("*/*/findings.json"))
 README_BLOCK = re.compile(r"<!-- studies:start -->\n(.*?)\n<!-- studies:end -->", flags=re.DOTALL)
+# An interval cell as a reader sees it: optional signed effect, then [low, high], 4 decimals.
+_NUM = r"[+-]\d+\.\d{4}"
+INTERVAL_CELL = re.compile(rf"^(?:(?P<effect>{_NUM}) )?\[(?P<low>{_NUM}), (?P<high>{_NUM})\]$")
+SHOWN = 0.5e-4 + 1e-12  # 4 decimals shown: a number is off by at most half the last digit
+
+
+def _cell_after(row: str, head: str) -> str:
+    """The table cell that follows ``head`` in ``row`` (empty for an empty cell)."""
+    return row[len(head) :].split(" | ", 1)[0].rstrip(" |").strip()
+
+
+def _check_interval_cell(cell: str, f: dict) -> None:
+    """The cell shows findings.json's effect and interval, read back as numbers (not by
+    re-running the renderer's formatting, which would compare the code with itself)."""
+    if "interval" not in f or not f["interval"]:
+        assert cell == "", (f["claim"], cell)
+        return
+    m = INTERVAL_CELL.match(cell)
+    assert m, (f["claim"], cell)
+    lo, hi = f["interval"]
+    assert abs(float(m["low"]) - lo) <= SHOWN and abs(float(m["high"]) - hi) <= SHOWN, cell
+    if isinstance(f.get("effect"), (int, float)):
+        assert m["effect"] is not None and abs(float(m["effect"]) - f["effect"]) <= SHOWN, cell
+    else:
+        assert m["effect"] is None, cell
 
 
 def test_there_are_published_studies():
@@ -47,8 +72,10 @@ def test_findings_md_shows_the_recorded_verdicts(path):
     assert f"Regenerate: `{rec['command']}`" in text
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     for f in rec["findings"]:
-        head = f"| {f['claim']} | **{f['verdict']}** | {_interval_text(f)} |"
-        assert sum(r.startswith(head) for r in rows) == 1, head
+        head = f"| {f['claim']} | **{f['verdict']}** | "
+        matching = [r for r in rows if r.startswith(head)]
+        assert len(matching) == 1, head
+        _check_interval_cell(_cell_after(matching[0], head), f)
     computed = rec["steps_computed"]
     assert f"{computed} computed in this run" in text
 

@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from evalkit.errors import EvalkitError
 from evalkit.utils.grad import gradients_on, usable_input
+from evalkit.utils.mode import attack_mode
 from evalkit.utils.suggest import did_you_mean, with_hint
 
 AttackFn = Callable[..., torch.Tensor]
@@ -202,8 +203,9 @@ def register_attack(
     **defaults: Any,
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Decorator registering an attack function under ``name`` (and ``aliases``); returns the
-    function wrapped so that it runs with autograd on whatever the caller's context
-    (:func:`evalkit.utils.grad.gradients_on`: inside ``torch.no_grad()`` or
+    function wrapped so that it runs inside :func:`~evalkit.utils.mode.attack_mode` (eval
+    mode, restored module by module, so a direct call on a model left in train mode is safe)
+    with autograd on whatever the caller's context (inside ``torch.no_grad()`` or
     ``torch.inference_mode()`` too) and otherwise unchanged (same name, docstring and signature),
     so decorators can be stacked for entries differing only in defaults.
 
@@ -247,14 +249,17 @@ def register_attack(
 
 
 def with_gradients(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``fn`` run inside :func:`~evalkit.utils.grad.gradients_on`, with inputs created in
-    ``inference_mode`` copied to normal tensors; applied once (stacked registrations reuse it)."""
+    """``fn`` run inside :func:`~evalkit.utils.mode.attack_mode` (eval mode, per-module
+    restore, autograd on via :func:`~evalkit.utils.grad.gradients_on`), with inputs created in
+    ``inference_mode`` copied to normal tensors; applied once (stacked registrations reuse it).
+    A model that is not an ``nn.Module`` (a plain callable) only gets autograd on."""
     if getattr(fn, "_evalkit_gradients_on", False):
         return fn
 
     @functools.wraps(fn)
     def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *args: Any, **kwargs: Any):
-        with gradients_on():
+        mode = attack_mode(model) if isinstance(model, nn.Module) else gradients_on()
+        with mode:
             return fn(model, usable_input(x), usable_input(y), *args, **kwargs)
 
     run._evalkit_gradients_on = True  # type: ignore[attr-defined]

@@ -24,9 +24,9 @@ from evalkit.commands.common import (
     add_data_options,
     add_device_seed,
     add_model_options,
-    parse_normalize,
 )
 from evalkit.errors import EvalkitError
+from evalkit.utils.parse import parse_normalize
 
 BUILTIN = ("channels", "importance", "pooling", "sap-eot", "distributions")
 LABELLED = re.compile(r"^[A-Za-z0-9_.-]+=(?!=)")  # --ckpt LABEL=PATH

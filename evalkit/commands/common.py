@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch.nn as nn
-
-from evalkit.checkpoint import CheckpointMeta, load_model
-from evalkit.data import ArraySplit, load_array_file, load_split
-from evalkit.errors import DataError, EvalkitError
-from evalkit.utils.device import resolve_device
-from evalkit.utils.parse import parse_floats
+from evalkit.errors import EvalkitError
 
 
 def positive_int(text: str) -> int:
@@ -153,55 +147,6 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="use the first N test examples (default: all)",
     )
-
-
-def parse_normalize(text: str | None) -> tuple[list[float], list[float]] | None:
-    if not text:
-        return None
-    if ";" not in text:
-        mean_s, std_s = text.split(",", 1) if text.count(",") == 1 else (text, text)
-        return [float(mean_s)], [float(std_s)]
-    mean_s, std_s = text.split(";", 1)
-    return list(parse_floats(mean_s, name="mean")), list(parse_floats(std_s, name="std"))
-
-
-def load_model_from_args(
-    args: argparse.Namespace, ckpt: str | None = None
-) -> tuple[nn.Module, CheckpointMeta]:
-    device = resolve_device(getattr(args, "device", "auto"))
-    return load_model(
-        ckpt or args.ckpt,
-        arch=args.arch,
-        dataset=args.dataset,
-        normalize=parse_normalize(args.normalize),
-        defense=args.defense,
-        device=device,
-    )
-
-
-def load_eval_data(args: argparse.Namespace, meta: CheckpointMeta) -> ArraySplit:
-    """The evaluation set: --data file, else --dataset / the checkpoint's dataset (test split)."""
-    if args.data:
-        data = load_array_file(args.data)
-    else:
-        name = args.dataset or meta.dataset
-        if not name:
-            raise DataError("no data: pass --data FILE.npz or --dataset NAME")
-        data = load_split(name, "test", root=args.data_root, download=args.download)
-    expected = (meta.in_channels, meta.input_size, meta.input_size)
-    if data.shape != expected:
-        raise DataError(
-            f"data images are {data.shape} (C,H,W) but the model expects {expected} (pick matching --data/--dataset)"
-        )
-    if int(data.y.max()) >= meta.num_classes or int(data.y.min()) < 0:
-        raise DataError(
-            f"labels range {int(data.y.min())}..{int(data.y.max())} but the model has {meta.num_classes} classes"
-        )
-    if args.n is not None and args.n > len(data):
-        raise DataError(
-            f"--n {args.n} but the data holds {len(data)} examples (pass --n {len(data)} or less)"
-        )
-    return data.first(args.n)
 
 
 def _number(value: str) -> int | float | None:

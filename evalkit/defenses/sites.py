@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from evalkit.errors import EvalkitError
+from evalkit.utils.mode import model_mode
 
 
 def get_module(root: nn.Module, dotted: str) -> nn.Module:
@@ -104,12 +105,10 @@ def site_channels(model: nn.Module, sites: tuple[str, ...]) -> dict[str, int]:
         hooks.append(get_module(model, s).register_forward_hook(make_hook(s)))
     cfg = getattr(model, "arch_config", {}) or {}
     in_ch = int(cfg.get("in_channels", 3))
-    was_training = model.training
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        model.eval()
-        with torch.no_grad():
+        with model_mode(model, False), torch.no_grad():
             model(torch.zeros(1, in_ch, 32, 32, device=device))
     except Exception:  # fall back to what the layers declare
         for s in sites:
@@ -120,7 +119,6 @@ def site_channels(model: nn.Module, sites: tuple[str, ...]) -> dict[str, int]:
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     missing = [s for s in sites if s not in out]
     if missing:
         raise EvalkitError(f"cannot tell the channel count of site(s) {', '.join(missing)}")

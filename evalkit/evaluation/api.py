@@ -70,6 +70,7 @@ from evalkit.evaluation.summary import format_table, json_safe, per_example_tabl
 from evalkit.evaluation.units import CostCounter
 from evalkit.utils.device import resolve_device
 from evalkit.utils.io import atomic_write_bytes, atomic_write_json
+from evalkit.utils.parse import parse_normalize
 from evalkit.utils.seeding import derive_seed
 
 SCHEMA_VERSION = 2
@@ -205,30 +206,6 @@ def _environment(device: torch.device, info: D.DistInfo) -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "world_size": info.world_size,
     }
-
-
-def _parse_normalize(text: Any) -> tuple[list[float], list[float]] | None:
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return None
-    if isinstance(text, (tuple, list)) and len(text) == 2:
-        mean, std = [float(v) for v in text[0]], [float(v) for v in text[1]]
-    else:
-        raw = str(text)
-        try:
-            if ";" in raw:
-                m, s = raw.split(";", 1)
-                mean = [float(v) for v in m.split(",")]
-                std = [float(v) for v in s.split(",")]
-            else:
-                m, s = raw.split(",", 1)
-                mean, std = [float(m)], [float(s)]
-        except ValueError:
-            raise EvalkitError(
-                f"cannot read normalize {raw!r} (write 'MEAN,STD' or 'M1,M2,M3;S1,S2,S3')"
-            ) from None
-    if any(v != v or abs(v) == float("inf") for v in mean + std) or any(v <= 0 for v in std):
-        raise EvalkitError("normalize needs finite means and positive finite stds")
-    return mean, std
 
 
 def evaluate(
@@ -375,7 +352,7 @@ def evaluate(
             weights=weights,
             arch=arch,
             dataset=dataset,
-            normalize=_parse_normalize(normalize),
+            normalize=parse_normalize(normalize),
             force_normalize=force_normalize,
             output=output,
             defense=defense,

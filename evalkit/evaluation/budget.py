@@ -12,12 +12,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 
 from evalkit.errors import EvalkitError
-from evalkit.utils.suggest import eps_hint, with_hint
+from evalkit.utils.parse import NORMS, check_norm, max_eps, parse_eps_items
 
-NORMS = ("linf", "l2")
+__all__ = [
+    "DEFAULT_EPS",
+    "NORMS",
+    "Budget",
+    "check_norm",
+    "check_positive_int",
+    "max_eps",
+    "parse_budgets",
+]
+
 DEFAULT_EPS = {"linf": "8/255", "l2": "0.5"}
 
 
@@ -33,33 +41,6 @@ class Budget:
         return f"{self.norm} eps {self.label}"
 
 
-def check_norm(norm: str | None, default: str = "linf") -> str:
-    """``linf``/``l2`` (case-insensitive); anything else is a one-line error."""
-    value = (norm or default).strip().lower()
-    if value not in NORMS:
-        raise EvalkitError(f"norm must be linf or l2, not {norm!r}")
-    return value
-
-
-def _read(raw: str | float) -> float:
-    if isinstance(raw, bool):
-        raise EvalkitError(f"cannot read eps {raw!r} (write it like 8/255 or 0.031)")
-    if isinstance(raw, (int, float)):
-        return float(raw)
-    text = str(raw).strip()
-    try:
-        return float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise EvalkitError(f"cannot read eps {text!r} (write it like 8/255 or 0.031)") from None
-
-
-def max_eps(norm: str, input_shape: Sequence[int] | None) -> float:
-    """Largest meaningful radius: 1 for Linf; the image diameter sqrt(C*H*W) for L2."""
-    if norm == "linf" or not input_shape:
-        return 1.0 if norm == "linf" else math.inf
-    return math.sqrt(math.prod(int(s) for s in input_shape))
-
-
 def parse_budgets(
     eps: str | float | Sequence[str | float] | None,
     norm: str | None = None,
@@ -70,45 +51,16 @@ def parse_budgets(
     """Budgets from ``eps`` (``"8/255,4/255"``, a float, or a list of either).
 
     With ``eps`` None the preset's eps is used for Linf and :data:`DEFAULT_EPS` for L2 (a
-    preset's Linf radius means nothing under L2). Each value must be finite and in
-    ``(0, max_eps(norm, input_shape)]``; labels must be unique. Raises :class:`EvalkitError`.
+    preset's Linf radius means nothing under L2). Reading and range checks are
+    :func:`evalkit.utils.parse.parse_eps_items` (one parser for every eps the user writes):
+    each value finite and in ``(0, max_eps(norm, input_shape)]``, labels unique.
     """
     n = check_norm(norm)
     if eps is None:
         eps = preset_eps if (preset_eps and n == "linf") else DEFAULT_EPS[n]
-    if isinstance(eps, bool):
-        _read(eps)  # one-line error
-    if isinstance(eps, (str, int, float)):
-        items: list[str | float] = (
-            [t.strip() for t in eps.split(",") if t.strip()] if isinstance(eps, str) else [eps]
-        )
-    else:
-        items = list(eps)
-    if not items:
-        raise EvalkitError("eps is empty (give e.g. 8/255 or 8/255,4/255)")
-    top = max_eps(n, input_shape)
-    out: list[Budget] = []
-    for raw in items:
-        value = _read(raw)
-        label = str(raw).strip() if isinstance(raw, str) else f"{value:g}"
-        if not math.isfinite(value) or value <= 0 or value > top:
-            where = (
-                "(0, 1]: pixels live in [0, 1]"
-                if n == "linf"
-                else f"(0, {top:.4g}], the diameter of the input"
-                if math.isfinite(top)
-                else "(0, inf)"
-            )
-            raise EvalkitError(
-                with_hint(
-                    f"eps {label} is out of range for {n}: it must be in {where}",
-                    eps_hint(value, n),
-                )
-            )
-        if any(b.label == label for b in out):
-            raise EvalkitError(f"eps {label} is given twice (list each budget once)")
-        out.append(Budget(label, value, n))
-    return out
+    return [
+        Budget(label, value, n) for label, value in parse_eps_items(eps, n, input_shape=input_shape)
+    ]
 
 
 def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:

@@ -23,7 +23,9 @@ from evalkit.data import ArraySplit, dataset_info, load_array_file, load_split
 from evalkit.errors import DataError, EvalkitError
 from evalkit.evaluation.engine import TensorExamples
 from evalkit.evaluation.fingerprint import file_sha256, module_sha256, tensors_sha256
+from evalkit.models.wrap import check_outputs
 from evalkit.training.api import training_complete
+from evalkit.utils.mode import model_mode
 
 
 @dataclass
@@ -251,14 +253,8 @@ def check_match(m: ModelInput, d: DataInput, num_classes: int) -> None:
 
 def count_classes(model: nn.Module, x: torch.Tensor) -> int:
     """Classes from the model's output on a probe batch; checks that it returns logits."""
-    try:
-        from evalkit.models.wrap import check_outputs
-    except ImportError:  # pragma: no cover - older tree
-        check_outputs = None
-    modes = [(mod, mod.training) for mod in model.modules()]
-    model.eval()  # no BatchNorm statistics updated by the probe; parameters untouched
-    try:
-        with torch.no_grad():
+    try:  # eval: no BatchNorm statistics updated by the probe; each module's mode given back
+        with model_mode(model, False), torch.no_grad():
             out = model(x)
     except EvalkitError:
         raise
@@ -268,14 +264,8 @@ def count_classes(model: nn.Module, x: torch.Tensor) -> int:
             f"the model failed on the data ({type(exc).__name__}: {first}); check that the "
             f"images (a batch of shape {tuple(x.shape)}) match the model's input"
         ) from None
-    finally:
-        for mod, training in modes:
-            mod.training = training
-    if check_outputs is not None:
-        with torch.no_grad():
-            check_outputs(model.eval(), x)
-        for mod, training in modes:
-            mod.training = training
+    with model_mode(model, False), torch.no_grad():
+        check_outputs(model, x)
     if not torch.is_tensor(out) or out.ndim != 2:
         raise EvalkitError(
             "the model must return logits of shape (N, classes); wrap tuple/dict outputs with "

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from evalkit.errors import EvalkitError
 from evalkit.models.layers import Normalize
+from evalkit.utils.mode import model_mode
 
 OUTPUT_HELP = "output='first' (tuple/list), output='key:NAME' (dict), output='log' (probabilities)"
 _PROB_ATOL = 1e-4
@@ -199,10 +200,8 @@ def probe_model(
     mode, _ = parse_output(output)
     if mode not in ("auto", "logits"):
         model = wrap(model, output=output)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with model_mode(model, False), torch.no_grad():
             raw = model(x_probe)
     except EvalkitError:
         raise
@@ -212,8 +211,6 @@ def probe_model(
             f"the model fails on a probe batch of shape {tuple(x_probe.shape)}: {msg} "
             "(check the input shape / --dataset)"
         ) from None
-    finally:
-        model.train(was_training)
     out = select_logits(raw, "auto")
     n = x_probe.shape[0]
     if out.ndim != 2 or out.shape[0] != n:

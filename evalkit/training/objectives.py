@@ -20,9 +20,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evalkit.attacks.losses import AttackLoss, make_loss
+from evalkit.attacks.mode import attack_mode
 from evalkit.attacks.pgd import pgd
 from evalkit.defenses.aux_loss import head_beta
 from evalkit.defenses.context import aux_logits, has_aux_heads, label_context
+from evalkit.utils.mode import model_mode
 
 
 @dataclass
@@ -66,25 +68,25 @@ def craft(
     init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Training-time PGD; BN in eval mode while crafting unless ``attack_bn == 'train'``."""
-    was_training = attack_model.training
-    if ctx.attack_bn == "eval":
-        attack_model.eval()
-    try:
-        with ctx.autocast():
-            return pgd(
-                attack_model,
-                x,
-                y,
-                ctx.eps,
-                steps=ctx.steps,
-                step_size=ctx.step_size,
-                loss=loss,
-                random_start=init is None,
-                generator=generator,
-                init=init,
-            )
-    finally:
-        attack_model.train(was_training)
+    with attack_mode(attack_model, training=_crafting_mode(ctx)), ctx.autocast():
+        return pgd(
+            attack_model,
+            x,
+            y,
+            ctx.eps,
+            steps=ctx.steps,
+            step_size=ctx.step_size,
+            loss=loss,
+            random_start=init is None,
+            generator=generator,
+            init=init,
+        )
+
+
+def _crafting_mode(ctx: ObjectiveContext) -> bool | None:
+    """Eval mode while crafting (TRADES/MART/CAS), or the trainer's own modes (Madry's BN in
+    train mode) when ``attack_bn == 'train'``; :func:`attack_mode` restores them per module."""
+    return False if ctx.attack_bn == "eval" else None
 
 
 def _attack_loss(model: nn.Module, ctx: ObjectiveContext) -> AttackLoss:
@@ -115,12 +117,8 @@ def trades_loss(model, attack_model, x, y, ctx, gen):
     With auxiliary heads (TRADES+CAS/CIFS, as in CAS's ``trades_reg.py``) each head adds its CE on
     x (the plugin's extra loss) and ``head_beta * beta * KL(head(x') || head(x))``.
     """
-    was = attack_model.training
-    if ctx.attack_bn == "eval":
-        attack_model.eval()
-    with torch.no_grad(), ctx.autocast():
+    with model_mode(attack_model, _crafting_mode(ctx)), torch.no_grad(), ctx.autocast():
         p_nat = F.softmax(attack_model(x).float(), dim=1)
-    attack_model.train(was)
 
     def kl_loss(m: nn.Module, xa: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
         return F.kl_div(F.log_softmax(m(xa).float(), dim=1), p_nat, reduction="none").sum(1)

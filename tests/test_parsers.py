@@ -1,0 +1,170 @@
+"""One parser per value (issue 20): each CLI flag form and its Python API twin go through
+the same parser and give the same value, or the same one-line error.
+
+Expected values are written out here as literals (``8 / 255`` is Python's own correctly
+rounded division), not computed by the code under test, so a parser that drifts fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+from helpers import QUIET, one_line, run_cli
+
+from evalkit.analyses import eps_list, single_eps
+from evalkit.cli import build_parser
+from evalkit.errors import EvalkitError
+from evalkit.evaluation import evaluate, parse_budgets
+from evalkit.utils.parse import parse_eps, parse_eps_items, parse_eps_list, parse_normalize
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _error(fn, *args, **kw) -> str:
+    with pytest.raises(EvalkitError) as info:
+        fn(*args, **kw)
+    msg = str(info.value)
+    assert one_line(msg), msg
+    return msg
+
+
+def _cli_value(flag: str, text: str) -> str | None:
+    """What argparse hands the command for ``flag text`` (the CLI adds no parsing of its own)."""
+    args = build_parser().parse_args(["attack", "--ckpt", "m.pt", flag, text])
+    return getattr(args, flag.lstrip("-").replace("-", "_"))
+
+
+# ---------------------------------------------------------------------------- normalization
+
+CIFAR = ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
+NORMALIZE_OK = [
+    # (CLI text, API twin, expected (mean, std))
+    ("0.5,0.25", ([0.5], [0.25]), ([0.5], [0.25])),
+    (" 0.5 , 0.25 ", (0.5, 0.25), ([0.5], [0.25])),
+    ("0.5;0.25", [[0.5], [0.25]], ([0.5], [0.25])),
+    ("0.4914,0.4822,0.4465;0.2470,0.2435,0.2616", CIFAR, CIFAR),
+    ("0.1,0.2,0.3;0.5", ([0.1, 0.2, 0.3], 0.5), ([0.1, 0.2, 0.3], [0.5])),
+    ("", None, None),
+]
+NORMALIZE_BAD = [
+    # (CLI text, API twin, text in both errors)
+    ("0.5", 0.5, "cannot read normalize"),  # a lone number is no documented form
+    ("abc", ("abc", "0.5"), "cannot read normalize"),
+    ("0.5,abc", ([0.5], ["abc"]), "cannot read normalize"),
+    ("0.5,0.2,0.3", (0.5, 0.2, 0.3), "cannot read normalize"),
+    ("0.5,0", ([0.5], [0.0]), "positive finite stds"),
+    ("0.5,-0.2", ([0.5], [-0.2]), "positive finite stds"),
+    ("nan,0.5", ([NAN], [0.5]), "finite means"),
+    ("0.5,nan", ([0.5], [NAN]), "positive finite stds"),
+    ("0.5,inf", ([0.5], [INF]), "positive finite stds"),
+    ("0.1,0.2;0.1,0.2,0.3", ([0.1, 0.2], [0.1, 0.2, 0.3]), "2 means but 3 stds"),
+]
+
+
+@pytest.mark.parametrize(("cli", "api", "expected"), NORMALIZE_OK)
+def test_normalize_forms_agree(cli, api, expected):
+    assert parse_normalize(_cli_value("--normalize", cli)) == expected
+    assert parse_normalize(cli) == expected
+    assert parse_normalize(api) == expected
+
+
+@pytest.mark.parametrize(("cli", "api", "text"), NORMALIZE_BAD)
+def test_normalize_errors_agree(cli, api, text):
+    from_cli = _error(parse_normalize, _cli_value("--normalize", cli))
+    assert text in from_cli, from_cli
+    assert _error(parse_normalize, cli) == from_cli  # the API given the same text
+    assert text in _error(parse_normalize, api)
+
+
+@pytest.mark.parametrize(("cli", "text"), [(c, t) for c, _, t in NORMALIZE_BAD[:5]])
+def test_normalize_errors_end_to_end(ev_ckpt, tmp_path, capsys, cli, text):
+    """``evalkit attack --normalize`` and ``evaluate(normalize=)``: the same one line."""
+    argv = ["attack", "--ckpt", ev_ckpt, "--out", str(tmp_path / "r"), "--attacks", "fgsm"]
+    rc, err = run_cli([*argv, "--no-progress", "--device", "cpu", "--normalize", cli], capsys)
+    assert rc == 2 and text in err and one_line(err), err
+    msg = _error(evaluate, model=ev_ckpt, attacks="fgsm", normalize=cli, **QUIET)
+    assert msg in err, (msg, err)
+
+
+# ------------------------------------------------------------------------------------ eps
+
+EPS_OK = [
+    # (text or number, norm, expected [(label, value)])
+    ("8/255", "linf", [("8/255", 8 / 255)]),
+    ("8/255,4/255", "linf", [("8/255", 8 / 255), ("4/255", 4 / 255)]),
+    (" 2/255 , 8/255 ", "linf", [("2/255", 2 / 255), ("8/255", 8 / 255)]),
+    ("0.031", "linf", [("0.031", 0.031)]),
+    (0.031, "linf", [("0.031", 0.031)]),
+    (["8/255", 0.5], "linf", [("8/255", 8 / 255), ("0.5", 0.5)]),
+    ("1", "linf", [("1", 1.0)]),
+    ("0.5", "l2", [("0.5", 0.5)]),
+    ("2", "l2", [("2", 2.0)]),
+    ("28", "l2", [("28", 28.0)]),  # the diameter of a 1x28x28 image
+    ("128/255", "L2", [("128/255", 128 / 255)]),
+]
+EPS_BAD = [
+    # (text or number, norm, text in every parser's error)
+    ("nan", "linf", "eps nan is out of range for linf"),
+    ("inf", "linf", "eps inf is out of range"),
+    ("-1", "linf", "eps -1 is out of range"),
+    ("0", "linf", "eps 0 is out of range"),
+    (0.0, "linf", "eps 0 is out of range"),
+    ("2", "linf", "must be in (0, 1]: pixels live in [0, 1] (did you mean 2/255?)"),
+    ("1/0", "linf", "cannot read eps '1/0'"),
+    ("abc", "linf", "cannot read eps 'abc'"),
+    (True, "linf", "cannot read eps True"),
+    ("8/255,8/255", "linf", "eps 8/255 is given twice"),
+    (",", "linf", "eps is empty"),
+    ("nan", "l2", "eps nan is out of range for l2"),
+    ("29", "l2", "(0, 28], the diameter of the input"),
+    ("0", "l2", "eps 0 is out of range for l2"),
+    ("8/255", "l3", "norm must be linf or l2"),
+]
+SHAPE = (1, 28, 28)
+
+
+def _single(raw) -> bool:
+    return not isinstance(raw, list) and "," not in str(raw)
+
+
+@pytest.mark.parametrize(("raw", "norm", "expected"), EPS_OK)
+def test_eps_forms_agree(raw, norm, expected):
+    budgets = parse_budgets(raw, norm, input_shape=SHAPE)
+    assert [(b.label, b.value) for b in budgets] == expected  # exact floats
+    assert {b.norm for b in budgets} == {norm.lower()}
+    assert parse_eps_items(raw, norm, input_shape=SHAPE) == expected
+    if norm == "linf":
+        assert parse_eps_list(raw) == expected
+        assert eps_list(raw, "8/255") == expected
+    if _single(raw):
+        assert parse_eps(raw, norm=norm, input_shape=SHAPE) == expected[0][1]
+        if norm == "linf":
+            assert single_eps(raw) == expected[0][1]
+    if isinstance(raw, str):
+        assert parse_budgets(_cli_value("--eps", raw), norm, input_shape=SHAPE) == budgets
+
+
+@pytest.mark.parametrize(("raw", "norm", "text"), EPS_BAD)
+def test_eps_errors_agree(raw, norm, text):
+    msg = _error(parse_budgets, raw, norm, input_shape=SHAPE)
+    assert text in msg, msg
+    assert _error(parse_eps_items, raw, norm, input_shape=SHAPE) == msg
+    if norm == "linf":
+        assert _error(parse_eps_list, raw) == msg
+        assert _error(eps_list, raw, "8/255") == msg
+    if _single(raw) and str(raw).strip(", "):
+        assert _error(parse_eps, raw, norm=norm, input_shape=SHAPE) == msg
+        if norm == "linf":
+            assert _error(single_eps, raw) == msg
+
+
+def test_eps_defaults_per_norm():
+    assert parse_budgets(None, "linf") == parse_budgets("8/255", "linf")
+    assert parse_budgets(None, "l2") == parse_budgets("0.5", "l2")
+    assert parse_budgets(None, "linf", preset_eps="4/255")[0].value == 4 / 255
+    assert eps_list(None, "2/255,4/255") == [("2/255", 2 / 255), ("4/255", 4 / 255)]
+
+
+def test_step_sizes_may_be_zero_only_when_asked():
+    assert parse_eps("0", allow_zero=True) == 0.0
+    assert "[0, 1]" in _error(parse_eps, "-1", allow_zero=True)
+    assert parse_eps("1/255", allow_zero=True) == 1 / 255

@@ -213,3 +213,20 @@ def test_model_from_a_file_outside_the_package_matches_the_api(tmp_path):
     assert cli["clean_accuracy"] == api["clean_accuracy"]
     assert cli["worst_case"][0]["robust_accuracy"] == api["worst_case"][0]["robust_accuracy"]
     assert cli["fingerprints"]["model_sha256"] == api["fingerprints"]["model_sha256"]
+
+
+@pytest.mark.parametrize("command", ["train", "attack", "analyze"])
+@pytest.mark.parametrize("flag", ["--no-progress", "--quiet"])
+def test_every_progress_command_takes_both_spellings(command, flag):
+    """train, attack and analyze show progress bars; both spellings turn them off on each."""
+    from evalkit.cli import build_parser
+
+    needs = {
+        "train": ["--out", "x"],
+        "attack": ["--ckpt", "m.pt"],
+        "analyze": ["--ckpt", "m.pt", "--out", "x", "--analysis", "channels"],
+    }
+    args = build_parser().parse_args([command, *needs[command], flag])
+    assert getattr(args, "quiet", False) or getattr(args, "no_progress", False)
+    plain = build_parser().parse_args([command, *needs[command]])
+    assert not (getattr(plain, "quiet", False) or getattr(plain, "no_progress", False))

@@ -151,7 +151,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=128,
         help="batch size for attacks and forwards (default: 128)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress", "--quiet", dest="quiet", action="store_true", help="no progress bars"
+    )
     return p
 
 

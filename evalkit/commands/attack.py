@@ -171,7 +171,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="also write the worst-case adversarial images, with the attack that made each, "
         "to OUT/adversarial/EPS.npz (x, y, index, attack, eps; loads back with --data)",
     )
-    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-progress", "--quiet", action="store_true", help="no progress bars")
     add_device_seed(p)
     return p
 

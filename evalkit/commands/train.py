@@ -175,7 +175,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--channels-last", action="store_true", help="channels-last memory format (GPU speed)"
     )
-    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument(
+        "--no-progress", "--quiet", dest="quiet", action="store_true", help="no progress output"
+    )
 
 
 def _params(items: list[str]) -> dict[str, object]:

@@ -73,9 +73,10 @@ def curve_context(run: RunData) -> dict[str, Any] | None:
     if not isinstance(block, dict):
         return None
     rows = []
-    for r in block.get("by_budget") or []:
-        if not isinstance(r, dict):
-            continue
+    budget_rows = [r for r in block.get("by_budget") or [] if isinstance(r, dict)]
+    # summary.json keeps the protocol's budget order (the headline eps first); a table read
+    # top to bottom as a curve wants increasing eps.
+    for r in sorted(budget_rows, key=lambda r: as_float(r.get("eps_value")) or 0.0):
         rows.append(
             {
                 "eps": fmt_eps(r.get("eps_value")),

@@ -144,3 +144,19 @@ def test_curve_cost_is_stated_and_kept(atk_model, atk_data):
     # steps forward+backward, one forward on the last iterate, one scoring forward per point
     assert s["cost"]["curve"]["forward_passes"] == attacked * 42
     assert s["cost"]["curve"]["backward_passes"] == attacked * 40
+
+
+def test_report_lists_the_curve_budgets_by_increasing_eps():
+    """summary.json keeps the protocol's budget order (the demo's headline 8/255 first); the
+    report's table is read as a curve, so it lists the budgets from the smallest eps up."""
+    from types import SimpleNamespace
+
+    from reports.curve import curve_context
+
+    rows = [
+        {"eps": lab, "eps_value": v, "curve": 0.5, "fixed_eps_worst_case": 0.5, "worst_case": 0.5}
+        for lab, v in (("8/255", 8 / 255), ("2/255", 2 / 255), ("4/255", 4 / 255))
+    ]
+    run = SimpleNamespace(summary={"curve": {"by_budget": rows, "attack": "fmn-100"}})
+    ctx = curve_context(run)
+    assert [r["eps"] for r in ctx["rows"]] == ["2/255", "4/255", "8/255"]

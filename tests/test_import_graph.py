@@ -273,3 +273,38 @@ def test_only_the_parser_module_defines_eps_and_normalize_parsers():
     dirs = [ROOT / d for d in ("evalkit", "analysis", "reports") if (ROOT / d).is_dir()]
     hits = parser_definitions(dirs)
     assert hits and all(h.startswith(f"{PARSER_MODULE}:") for h in hits), hits
+
+
+# ------------------------------------------------------------------- no private names across modules
+
+LIBRARY_DIRS = ("evalkit", "analysis", "reports", "bench")
+
+
+def private_imports(directories: list[Path], root: Path = ROOT) -> list[str]:
+    """``path:line: name`` for every ``from X import _name`` (a leading-underscore name that is
+    not a dunder) in the given trees: a name another module needs is part of its interface and
+    gets a public name. Tests are left out on purpose: a unit test may exercise an internal."""
+    hits = []
+    for directory in directories:
+        for path in sorted(directory.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.ImportFrom) or node.module == "__future__":
+                    continue
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        hits.append(f"{path.relative_to(root)}:{node.lineno}: {alias.name}")
+    return hits
+
+
+def test_the_private_import_scan_finds_them(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text(
+        "from __future__ import annotations\nfrom pkg.b import __version__, public\n"
+        "def f():\n    from pkg.b import _hidden\n"
+    )
+    assert private_imports([tmp_path / "pkg"], tmp_path) == ["pkg/a.py:4: _hidden"]
+
+
+def test_no_module_imports_another_modules_private_name():
+    hits = private_imports([ROOT / d for d in LIBRARY_DIRS])
+    assert not hits, "give these a public name in the module that defines them:\n" + "\n".join(hits)

@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def describe_checkpoint(path: str) -> dict[str, Any]:
     """The checkpoint's metadata; a plain foreign state_dict is reported as such."""
-    from evalkit.checkpoint import FORMAT, _unwrap_state_dict, read_checkpoint_file, read_meta
+    from evalkit.checkpoint import FORMAT, find_state_dict, read_checkpoint_file, read_meta
 
     obj = read_checkpoint_file(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -51,7 +51,7 @@ def describe_checkpoint(path: str) -> dict[str, Any]:
         meta["evalkit_version"] = obj.get("evalkit_version")
         meta["created"] = obj.get("created")
         return meta
-    state = _unwrap_state_dict(obj)
+    state = find_state_dict(obj)
     if state is None:
         from evalkit.errors import CheckpointError
 

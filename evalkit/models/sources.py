@@ -48,12 +48,12 @@ from evalkit.checkpoint import (
     EXTERNAL,
     FORMAT,
     CheckpointMeta,
-    _expand,
-    _same_normalization,
     check_finite,
+    expand_normalization,
     load_weights_into,
     model_from_object,
     read_checkpoint_file,
+    same_normalization,
     weights_of,
 )
 from evalkit.data.registry import DATASETS, dataset_info
@@ -213,16 +213,14 @@ def _normalization(
         rec = [float(v) for v in recorded_mean], [float(v) for v in recorded_std]
         if normalize is None:
             return rec
-        if not force and not _same_normalization(
-            ([*normalize[0]], [*normalize[1]]), rec[0], rec[1]
-        ):
+        if not force and not same_normalization(([*normalize[0]], [*normalize[1]]), rec[0], rec[1]):
             raise CheckpointError(
                 f"{source} records its own input normalization (mean={rec[0]}, std={rec[1]}); "
                 "drop --normalize, or add --force-normalize to replace it"
             )
     if normalize is None:
         return None
-    mean, std = _expand(([*normalize[0]], [*normalize[1]]), channels)
+    mean, std = expand_normalization(([*normalize[0]], [*normalize[1]]), channels)
     if len(mean) != channels or len(std) != channels:
         raise EvalkitError(
             f"normalization has {len(mean)} mean / {len(std)} std values for {channels} channels"

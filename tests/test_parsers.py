@@ -14,6 +14,7 @@ from evalkit.analyses import eps_list, single_eps
 from evalkit.cli import build_parser
 from evalkit.errors import EvalkitError
 from evalkit.evaluation import evaluate, parse_budgets
+from evalkit.training.api import make_config
 from evalkit.utils.parse import parse_eps, parse_eps_items, parse_eps_list, parse_normalize
 
 NAN, INF = float("nan"), float("inf")
@@ -139,6 +140,7 @@ def test_eps_forms_agree(raw, norm, expected):
         assert parse_eps(raw, norm=norm, input_shape=SHAPE) == expected[0][1]
         if norm == "linf":
             assert single_eps(raw) == expected[0][1]
+            assert _train_eps(raw) == expected[0][1]  # train(eps=...) and --eps of evalkit train
     if isinstance(raw, str):
         assert parse_budgets(_cli_value("--eps", raw), norm, input_shape=SHAPE) == budgets
 
@@ -155,6 +157,13 @@ def test_eps_errors_agree(raw, norm, text):
         assert _error(parse_eps, raw, norm=norm, input_shape=SHAPE) == msg
         if norm == "linf":
             assert _error(single_eps, raw) == msg
+            assert _error(_train_eps, raw) == f"train(): eps: {msg}"
+
+
+def _train_eps(raw) -> float:
+    """The eps train() would train at (the CLI passes --eps through unparsed)."""
+    cfg = make_config(dataset="fashion-mnist-mini", arch="smallcnn", epochs=1, out="x", eps=raw)
+    return cfg.eps
 
 
 def test_eps_defaults_per_norm():

@@ -11,7 +11,6 @@ from evalkit.defenses.spec import OBJECTIVES, PLUGINS
 from evalkit.errors import EvalkitError
 from evalkit.models import ARCHS
 from evalkit.training.api import train
-from evalkit.utils.parse import parse_eps
 
 EPILOG = """examples:
   evalkit train --dataset fashion-mnist-mini --arch smallcnn --defense at --epochs 2 --out runs/at
@@ -223,9 +222,9 @@ def train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         schedule=args.schedule,
         milestones=_milestones(args.milestones),
         gamma=args.gamma,
-        eps=parse_eps(args.eps),
+        eps=args.eps,  # parsed once, by train() (evalkit.utils.parse.parse_eps)
         attack_steps=args.attack_steps,
-        attack_step_size=parse_eps(args.attack_step_size) if args.attack_step_size else None,
+        attack_step_size=args.attack_step_size or None,
         attack_bn=args.attack_bn,
         beta=args.beta,
         params=_params(args.param),

@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _API = {
     "evaluate": ("evalkit.evaluation.api", "evaluate"),
     "EvalResult": ("evalkit.evaluation.api", "EvalResult"),
+    "ModelSource": ("evalkit.evaluation.source", "ModelSource"),
     "train": ("evalkit.training.api", "train"),
     "analyze": ("evalkit.analyses", "analyze"),
     "report": ("evalkit.reporting", "report"),

@@ -7,13 +7,14 @@ rounded division), not computed by the code under test, so a parser that drifts 
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from helpers import QUIET, one_line, run_cli
 
 from evalkit.analyses import eps_list, single_eps
 from evalkit.cli import build_parser
 from evalkit.errors import EvalkitError
-from evalkit.evaluation import evaluate, parse_budgets
+from evalkit.evaluation import ModelSource, evaluate, parse_budgets
 from evalkit.training.api import make_config
 from evalkit.utils.parse import parse_eps, parse_eps_items, parse_eps_list, parse_normalize
 
@@ -66,6 +67,8 @@ def test_normalize_forms_agree(cli, api, expected):
     assert parse_normalize(_cli_value("--normalize", cli)) == expected
     assert parse_normalize(cli) == expected
     assert parse_normalize(api) == expected
+    assert ModelSource(normalize=api).normalize == expected  # evaluate(normalize=) / source=
+    assert ModelSource.from_options({"normalize": cli}).normalize == expected
 
 
 @pytest.mark.parametrize(("cli", "api", "text"), NORMALIZE_BAD)
@@ -74,6 +77,7 @@ def test_normalize_errors_agree(cli, api, text):
     assert text in from_cli, from_cli
     assert _error(parse_normalize, cli) == from_cli  # the API given the same text
     assert text in _error(parse_normalize, api)
+    assert _error(ModelSource, normalize=cli) == from_cli
 
 
 @pytest.mark.parametrize(("cli", "text"), [(c, t) for c, _, t in NORMALIZE_BAD[:5]])
@@ -84,6 +88,31 @@ def test_normalize_errors_end_to_end(ev_ckpt, tmp_path, capsys, cli, text):
     assert rc == 2 and text in err and one_line(err), err
     msg = _error(evaluate, model=ev_ckpt, attacks="fgsm", normalize=cli, **QUIET)
     assert msg in err, (msg, err)
+
+
+# ---------------------------------------------------------------------- model-loading options
+
+
+def test_model_source_and_keywords_are_one_thing(ev_ckpt):
+    """``evaluate(path, source=ModelSource(...))`` and the same fields as keywords load the same
+    model (keywords override the object's fields); unknown names get the closest one."""
+    kw = dict(attacks="fgsm", eps="8/255", n=16, sanity=False, **QUIET)
+    opts = {"defense": "bitdepth", "params": {"bitdepth_bits": 2}}
+    by_keywords = evaluate(ev_ckpt, **opts, **kw)
+    by_object = evaluate(ev_ckpt, source=ModelSource(**opts), **kw)
+    plain = evaluate(ev_ckpt, **kw)
+    assert by_object.summary["model"] == by_keywords.summary["model"] != plain.summary["model"]
+    pd.testing.assert_frame_equal(by_object.examples, by_keywords.examples)
+    base = ModelSource(defense="sap", weights_set="ema")
+    assert ModelSource.from_options({"weights_set": "raw"}, base=base) == ModelSource(
+        defense="sap", weights_set="raw"
+    )
+    msg = _error(evaluate, ev_ckpt, wieghts_set="ema", **kw)
+    assert "unknown option 'wieghts_set'" in msg and "did you mean 'weights_set'" in msg
+    assert _error(evaluate, ev_ckpt, weights_set="emaa", **kw) == _error(
+        evaluate, ev_ckpt, source=ModelSource.from_options({}), weights_set="emaa", **kw
+    )
+    assert "weights_set must be 'ema' or 'raw'" in _error(ModelSource, weights_set="emaa")
 
 
 # ------------------------------------------------------------------------------------ eps

@@ -8,12 +8,14 @@ model and tensors is :func:`evalkit.evaluation.engine.run_protocol`.
 from evalkit.evaluation.api import EvalResult, evaluate
 from evalkit.evaluation.budget import Budget, parse_budgets
 from evalkit.evaluation.protocol import PRESETS, AttackPlan, Preset, get_preset
+from evalkit.evaluation.source import ModelSource
 
 __all__ = [
     "PRESETS",
     "AttackPlan",
     "Budget",
     "EvalResult",
+    "ModelSource",
     "Preset",
     "evaluate",
     "get_preset",

@@ -66,11 +66,11 @@ from evalkit.evaluation.protocol import (
     select_attacks,
 )
 from evalkit.evaluation.rundir import RecordLog, prepare_run_dir
+from evalkit.evaluation.source import ModelSource
 from evalkit.evaluation.summary import format_table, json_safe, per_example_table, summarize
 from evalkit.evaluation.units import CostCounter
 from evalkit.utils.device import resolve_device
 from evalkit.utils.io import atomic_write_bytes, atomic_write_json
-from evalkit.utils.parse import parse_normalize
 from evalkit.utils.seeding import derive_seed
 
 SCHEMA_VERSION = 2
@@ -230,23 +230,15 @@ def evaluate(
     resume: bool = False,
     progress: bool = True,
     echo: bool = True,
-    weights: str | Path | None = None,
-    defense: str | None = None,
-    params: dict[str, Any] | None = None,
-    arch: str | None = None,
-    dataset: str | None = None,
-    normalize: Any = None,
-    force_normalize: bool = False,
-    output: str = "auto",
     data_root: str | Path | None = None,
     download: bool = False,
     adapt_for: dict[str, bool] | None = None,
-    model_dir: str | Path | None = None,
-    weights_set: str | None = None,
     save_adversarial: bool = False,
     curve: bool = False,
     curve_steps: int = C.CURVE_STEPS,
     shattered: str = "error",
+    source: ModelSource | None = None,
+    **source_options: Any,
 ) -> EvalResult:
     """Evaluate ``model``'s robustness on ``data`` under a protocol; returns an :class:`EvalResult`.
 
@@ -276,16 +268,28 @@ def evaluate(
             traits call for them (auxiliary heads, CIFS masks, bounded logits).
         out: run directory (None: in memory). resume: continue ``out`` after a kill; refused
             when the model, data, protocol or versions changed.
-        weights: weights file for a ``pkg.module:factory`` / ``file.py:factory`` model.
-        output: how to read a loaded model's logits: ``auto``, ``first`` (tuple/list),
-            ``key:NAME`` (dict) or ``log`` (probabilities; their log is used). For an
-            ``nn.Module`` use :func:`evalkit.wrap` instead.
-        defense, params: test-time defense to add (e.g. ``sap``) and defense parameters
-            (e.g. ``{"cifs_adaptive": True}``).
-        model_dir: RobustBench's model folder for ``robustbench:DATASET/THREAT/NAME`` models
-            (default ``./models``).
-        weights_set: ``"ema"`` or ``"raw"``: which weights of a checkpoint holding both (raw
-            and EMA copies); such a checkpoint is refused without it. Recorded in config.json.
+        data_root, download: where torchvision data sets live, and whether to fetch them.
+        source: how to load a model given by path or spec (:class:`ModelSource`), or its
+            fields as keywords (``**source_options``, checked by name with a did-you-mean):
+
+            - ``weights``: weights file for a ``pkg.module:factory`` / ``file.py:factory`` model;
+            - ``arch``, ``dataset``: a plain state_dict's architecture and data set (``dataset``
+              also names the default test data);
+            - ``normalize`` (``"MEAN,STD"``, ``"M1,M2,M3;S1,S2,S3"`` or ``(mean, std)``) and
+              ``force_normalize``: a foreign model's input normalization, and replacing the one
+              an evalkit checkpoint records;
+            - ``output``: how to read a loaded model's logits: ``auto``, ``first``
+              (tuple/list), ``key:NAME`` (dict) or ``log`` (probabilities; their log is used).
+              For an ``nn.Module`` use :func:`evalkit.wrap` instead;
+            - ``defense``, ``params``: test-time defense to add (e.g. ``sap``) and defense
+              parameters (e.g. ``{"cifs_adaptive": True}``);
+            - ``model_dir``: RobustBench's model folder for ``robustbench:DATASET/THREAT/NAME``
+              models (default ``./models``);
+            - ``weights_set``: ``"ema"`` or ``"raw"``: which weights of a checkpoint holding
+              both (raw and EMA copies); such a checkpoint is refused without it. Recorded in
+              config.json.
+
+            Keywords override the fields of ``source``.
         save_adversarial: also keep the worst-case adversarial image of every example, with
             the attack that made it: ``result.adversarial`` (eps label -> arrays) and, with
             ``out``, ``out/adversarial/<eps>.npz`` (format: docs/run-directory.md; the file
@@ -323,8 +327,7 @@ def evaluate(
         raise EvalkitError(f"loss must be ce, cw or dlr, not {loss!r}")
     if resume and out is None:
         raise EvalkitError("resume needs out= (the run directory to continue)")
-    if weights_set is not None and weights_set not in ("ema", "raw"):
-        raise EvalkitError(f"weights_set must be 'ema' or 'raw', not {weights_set!r}")
+    model_source = ModelSource.from_options(source_options, base=source)
     if shattered not in ("error", "run"):
         raise EvalkitError(f"shattered must be 'error' or 'run', not {shattered!r}")
     req = Request(
@@ -348,18 +351,7 @@ def evaluate(
         out=Path(out) if out is not None else None,
         resume=resume,
         echo=echo,
-        load=dict(
-            weights=weights,
-            arch=arch,
-            dataset=dataset,
-            normalize=parse_normalize(normalize),
-            force_normalize=force_normalize,
-            output=output,
-            defense=defense,
-            params=params,
-            model_dir=model_dir,
-            weights_set=weights_set,
-        ),
+        source=model_source,
         data_opts=dict(data_root=data_root, download=download),
         adapt_for=_check_adapt_for(adapt_for),
         t_start=t_start,
@@ -394,7 +386,7 @@ class Request:
     out: Path | None
     resume: bool
     echo: bool
-    load: dict[str, Any]
+    source: ModelSource
     data_opts: dict[str, Any]
     adapt_for: dict[str, bool]
     t_start: float
@@ -442,7 +434,7 @@ class Prepared:
             "mc_draws": self.settings.draws,
             "sanity": req.sanity,
             "diagnostics": self.diagnose,
-            "weights_set": req.load.get("weights_set"),
+            "weights_set": req.source.weights_set,
             "curve": self.curve.describe() if self.curve is not None else None,
             "evalkit_version": __version__,
             "torch_version": torch.__version__,
@@ -451,8 +443,8 @@ class Prepared:
 
 def _prepare(model: Any, data: Any, req: Request, device: torch.device) -> Prepared:
     """Load/adopt model and data, check they fit, learn traits, make the plans adaptive."""
-    m = resolve_model(model, device=device, **req.load)
-    d = resolve_data(data, dataset=req.load["dataset"] or m.dataset, n=req.n, **req.data_opts)
+    m = resolve_model(model, device=device, **req.source.load_options())
+    d = resolve_data(data, dataset=req.source.dataset or m.dataset, n=req.n, **req.data_opts)
     check_shape(m, d)
     probe_x, probe_y = (
         t.to(device) for t in d.examples.fetch(torch.arange(min(16, len(d.examples))))
@@ -464,7 +456,7 @@ def _prepare(model: Any, data: Any, req: Request, device: torch.device) -> Prepa
         )
     check_match(m, d, num_classes)
     budgets = parse_budgets(req.eps, req.norm, preset_eps=req.preset.eps, input_shape=d.shape)
-    params = {**m.defense_params, **(req.load["params"] or {})}
+    params = {**m.defense_params, **(req.source.params or {})}
     traits = _traits(m.model, probe_x, num_classes, params, req.settings.seed)
     diagnose = wants_diagnostics(traits) if req.diagnostics is None else bool(req.diagnostics)
     own = traits

@@ -30,6 +30,7 @@ from analysis.studies.spec import Finding
 from analysis.studies.stats import REPRODUCED, Interval, combine, guard, verdict
 from analysis.studies.values import (
     Features,
+    PaperEffects,
     make_finding,
     numbers_dict,
     paper_value,
@@ -42,8 +43,6 @@ from evalkit.errors import EvalkitError
 # when more than this share of channels is "activated" on every image (natural and adversarial),
 # the count distribution is flat by construction and no count measure can tell the two apart
 SATURATED_ACTIVE_FRACTION = 0.98
-
-PaperEffects = Mapping[str, float | None] | None
 
 
 def _norm_entropy(counts: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from analysis.studies.stats import (
     verdict,
 )
 from analysis.studies.values import (
+    PaperEffects,
     PoolingModel,
     aligned,
     compare,
@@ -45,8 +46,6 @@ from evalkit.errors import EvalkitError
 
 # "does not hold for max pooling": its gain from the larger map is at most this
 POOLING_MAX_MARGIN = 0.05
-
-PaperEffects = Mapping[str, float | None] | None
 
 
 def _trend(points: list[tuple[float, float]]) -> float:

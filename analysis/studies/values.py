@@ -59,6 +59,10 @@ PAPER_EFFECTS: dict[str, float | None] = {
 }
 
 
+# per-claim paper effect sizes a caller may pass instead of PAPER_EFFECTS
+PaperEffects = Mapping[str, float | None] | None
+
+
 # ============================================================================ inputs
 
 
@@ -131,6 +135,7 @@ class Points:
 
 
 def aligned(a: Points, b: Points) -> bool:
+    """Same seeds, points and test-point ids, so per-point differences pair the same points."""
     if a.values.shape != b.values.shape:
         return False
     if a.index is None or b.index is None:
@@ -204,11 +209,13 @@ def numbers_dict(ivs: Mapping[str, Interval], **extra: Any) -> dict[str, Any]:
     return out
 
 
-def paper_value(paper_effects: Mapping[str, float | None] | None, key: str) -> float | None:
+def paper_value(paper_effects: PaperEffects, key: str) -> float | None:
+    """The paper's effect size for claim ``key`` (``paper_effects``, else :data:`PAPER_EFFECTS`)."""
     return (paper_effects or PAPER_EFFECTS).get(key)
 
 
 def size_note(effect: Interval, paper: float | None, v: str) -> str:
+    """The explanation's note when a reproduced effect's interval excludes the paper's size."""
     if paper is None or v != REPRODUCED or not effect.excludes(paper):
         return ""
     return f"; the effect differs from the paper's {paper:+.3g}"
@@ -237,6 +244,7 @@ def make_finding(
 
 
 def round4(x: float) -> float:
+    """A plain number shown beside the intervals (not judged), to 4 decimals."""
     return round(float(x), 4)
 
 

@@ -11,25 +11,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.studies.judge_cas_cifs import cas_cifs_findings
+from analysis.studies.judge_channels import channels_findings
+from analysis.studies.judge_he import he_findings
+from analysis.studies.judge_pooling import pooling_findings
+from analysis.studies.judge_sap import sap_findings
 from analysis.studies.judges import (
-    Features,
-    Points,
-    PoolingModel,
-    RunPoints,
-    cas_cifs_findings,
-    channels_findings,
-    compare,
-    he_findings,
     judge_cas_cifs,
     judge_channels,
     judge_he,
     judge_pooling,
     judge_sap,
-    load_run_points,
-    pooling_findings,
-    sap_findings,
 )
+from analysis.studies.rundirs import load_run_points
 from analysis.studies.stats import INCONCLUSIVE, NOT_REPRODUCED, PARTLY, REPRODUCED
+from analysis.studies.values import Features, Points, PoolingModel, RunPoints, compare
 
 N = 500
 

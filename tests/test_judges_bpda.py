@@ -8,9 +8,9 @@ import pytest
 from test_judges import N, bern, nested
 
 from analysis.studies.bpda import TRANSFORMS, bpda_findings, claims, judge_bpda
-from analysis.studies.judges import Points, RunPoints
 from analysis.studies.spec import StudyContext
 from analysis.studies.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+from analysis.studies.values import Points, RunPoints
 
 IDX = np.arange(N)
 

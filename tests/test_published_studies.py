@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.studies.judges import MIN_TRAINING_SEEDS
+from analysis.studies.values import MIN_TRAINING_SEEDS
 from evalkit.pipelines.studies.runner import verdict_table, write_index
 
 ROOT = Path(__file__).resolve().parents[1]

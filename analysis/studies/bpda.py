@@ -9,16 +9,16 @@ at the scale's eps (two claims each, the same rules as the ``sap-eot`` study's):
 * *looks robust*: robust accuracy of transformation + model after the plain PGD-20 (the
   protocol's first attack, so its row is that attack alone) minus the undefended model's after
   the same attack > 0;
-* *vanishes under BPDA*: :func:`analysis.studies.judges.vanishes` (the SAP study's rule) on the
+* *vanishes under BPDA*: :func:`analysis.studies.judge_sap.vanishes` (the SAP study's rule) on the
   drop from that plain number to the transformed model's worst case (plain PGD-20, its BPDA
   copy and the Square probe; every break counts) and on the residual, worst case
   (transformed) - worst case (undefended), against the margin; guard: the first claim is not
   reproduced.
 
 Differences are paired over test points and combined over training seeds with the shared
-rules of :mod:`analysis.studies.stats` (through :func:`analysis.studies.judges.compare`); fewer
+rules of :mod:`analysis.studies.stats` (through :func:`analysis.studies.values.compare`); fewer
 than 3 seeds make every verdict inconclusive. The margin is the SAP study's
-(:data:`analysis.studies.judges.SAP_VANISH_MARGIN`, 5 points).
+(:data:`analysis.studies.judge_sap.SAP_VANISH_MARGIN`, 5 points).
 """
 
 from __future__ import annotations
@@ -28,22 +28,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis.studies.judges import (
-    SAP_VANISH_MARGIN,
-    RunPoints,
-    _finding,
-    _numbers,
-    _paper,
-    _r,
-    _run_dirs,
-    _seeds,
-    _size_note,
-    compare,
-    load_run_points,
-    vanishes,
-)
+from analysis.studies.judge_sap import SAP_VANISH_MARGIN, vanishes
+from analysis.studies.rundirs import load_run_points, seed_run_dirs
 from analysis.studies.spec import Finding, StudyContext
 from analysis.studies.stats import REPRODUCED, verdict
+from analysis.studies.values import (
+    RunPoints,
+    apply_seed_rule,
+    compare,
+    make_finding,
+    numbers_dict,
+    paper_value,
+    round4,
+    size_note,
+)
 
 #: (defense part, what the claims call it), in claim order
 TRANSFORMS: tuple[tuple[str, str], ...] = (
@@ -88,7 +86,7 @@ def bpda_findings(
             continue
         run = transformed[part]
         looks = compare(run.attacks[plain], dense_plain, seed=seed)
-        p1 = _paper(paper_effects, f"bpda.{part}.looks_robust")
+        p1 = paper_value(paper_effects, f"bpda.{part}.looks_robust")
         v1 = verdict(looks, direction=+1, paper_effect=p1)
         drop = compare(run.attacks[plain], run.worst, seed=seed)
         residual = compare(run.worst, dense.worst, seed=seed)
@@ -102,21 +100,21 @@ def bpda_findings(
         }
         more = {k: v for k, v in (extra or {}).items() if k.startswith((f"{part}_", "dense_"))}
         out.append(
-            _finding(
+            make_finding(
                 claims()[len(out)],
                 v1,
-                _numbers({**ivs, f"{part}_minus_dense_plain_pgd": looks}, eps=eps, **more),
+                numbers_dict({**ivs, f"{part}_minus_dense_plain_pgd": looks}, eps=eps, **more),
                 f"eps {eps:g}: effect = robust accuracy after the plain {plain.upper()} with "
                 f"{label} minus the undefended model's after the same attack, paired over test "
-                "points; reproduced when its interval lies above 0" + _size_note(looks, p1, v1),
+                "points; reproduced when its interval lies above 0" + size_note(looks, p1, v1),
                 effect=looks,
             )
         )
         out.append(
-            _finding(
+            make_finding(
                 claims()[len(out)],
                 v2,
-                _numbers(
+                numbers_dict(
                     {
                         **ivs,
                         f"{part}_drop_plain_to_bpda": drop,
@@ -152,21 +150,23 @@ def _second_eps(run_dirs: Sequence[Path], prefix: str) -> dict[str, float]:
         plain.append(float(rows[PLAIN_ATTACK]["robust_accuracy"]))
         worst.append(float(s["worst_case"][1]["robust_accuracy"]))
     return {
-        f"{prefix}_eps{eps}_plain_pgd": _r(sum(plain) / len(plain)),
-        f"{prefix}_eps{eps}_worst_case": _r(sum(worst) / len(worst)),
+        f"{prefix}_eps{eps}_plain_pgd": round4(sum(plain) / len(plain)),
+        f"{prefix}_eps{eps}_worst_case": round4(sum(worst) / len(worst)),
     }
 
 
 def judge_bpda(ctx: StudyContext) -> list[Finding]:
     """Reads the runs ``std_dense`` and ``std_<part>`` (one per training seed)."""
-    dense_dirs = _run_dirs(ctx, DENSE_KEY)
+    dense_dirs = seed_run_dirs(ctx, DENSE_KEY)
     dense = load_run_points(dense_dirs)
     transformed, extra = {}, {}
     for part, _ in TRANSFORMS:
-        dirs = _run_dirs(ctx, run_key(part))
+        dirs = seed_run_dirs(ctx, run_key(part))
         transformed[part] = load_run_points(dirs)
         extra.update(_second_eps(dirs, part))
     summary = json.loads((dense_dirs[0] / "summary.json").read_text())
     eps = float(summary["worst_case"][0]["eps_value"])
     extra.update(_second_eps(dense_dirs, "dense"))
-    return _seeds(bpda_findings(dense, transformed, eps=eps, seed=ctx.seed, extra=extra), ctx)
+    return apply_seed_rule(
+        bpda_findings(dense, transformed, eps=eps, seed=ctx.seed, extra=extra), ctx
+    )

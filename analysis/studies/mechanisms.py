@@ -11,7 +11,7 @@ what broke, from what each run measured about itself:
   ``diag:<id>@<eps>:p``), the heads' agreement with the output and the selection-flip rates.
 
 The gap between plain and adaptive robust accuracy is pooled over seeds with the study
-statistics (:func:`analysis.studies.judges.compare`: paired bootstrap over points, combined
+statistics (:func:`analysis.studies.values.compare`: paired bootstrap over points, combined
 over seeds), so the mechanism's numbers carry intervals like the verdicts they explain.
 """
 
@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from analysis.studies.rundirs import load_run_points
 from analysis.studies.spec import StudyContext
 from analysis.studies.stats import Interval
+from analysis.studies.values import Points, compare
 from evalkit.evaluation.diagnostics import MASKING_GAP
 
 
@@ -83,8 +85,6 @@ def _diag_points(run_dir: Path, summary: dict[str, Any]) -> dict[str, np.ndarray
 
 def load_mechanism(ctx: StudyContext, key: str) -> Mechanism | None:
     """The mechanism numbers of model ``key`` over the study's seeds (None when not evaluated)."""
-    from analysis.studies.judges import Points, compare
-
     dirs = [Path(d) for d in ctx.run_dirs(key)]
     if not dirs or not all((d / "summary.json").exists() for d in dirs):
         return None
@@ -248,8 +248,6 @@ PLUGIN_LABELS = {"at_cas": "AT+CAS", "at_cifs": "AT+CIFS", "at_he": "AT+HE"}
 
 def _clean_gap(ctx: StudyContext, key: str, base: str = "at") -> str:
     """Clean accuracy of ``key`` minus ``base``, paired over points and pooled over seeds."""
-    from analysis.studies.judges import compare, load_run_points
-
     try:
         a = load_run_points(ctx.run_dirs(key))
         b = load_run_points(ctx.run_dirs(base))
@@ -317,8 +315,6 @@ def pooling(
     ``clean_accuracy``); ``models``: the judge's per-model points, for the equal-receptive-field
     contrast (largest minus smallest map among the average-pooled models whose receptive field
     equals the smallest map's)."""
-    from analysis.studies.judges import compare
-
     parts = []
     for label, per_seed in sorted(rows.items(), key=lambda kv: (kv[0].split("-")[0], kv[0])):
         r = per_seed[0]

@@ -28,7 +28,7 @@ methods, all at ``level`` = 0.95 unless asked otherwise:
   ``t(k-1) sqrt(var(e_s)/k + V_avg)`` counted the point noise twice and was 2-3 times wider than
   one seed's interval. With one seed the point-level interval is returned unchanged
   (``seeds=1``); the judges call a claim about training with fewer than
-  :data:`~analysis.studies.judges.MIN_TRAINING_SEEDS` seeds inconclusive.
+  :data:`~analysis.studies.values.MIN_TRAINING_SEEDS` seeds inconclusive.
 
 Verdict rules (:func:`verdict`, :func:`at_most`, :func:`guard`, :func:`combine`):
 

@@ -238,6 +238,18 @@ def test_library_never_imports_the_pipelines():
     assert offenders == []
 
 
+def test_evaluation_and_checkpoints_do_not_import_the_trainer():
+    """Evaluating a model needs to know whether its checkpoint finished training, not how it
+    was trained: that fact lives in evalkit.checkpoint.progress."""
+    graph = _evalkit_graph()
+    offenders = [
+        m
+        for m in _importers_of(graph, "evalkit.training")
+        if m.startswith(("evalkit.evaluation", "evalkit.checkpoint", "evalkit.attacks"))
+    ]
+    assert offenders == []
+
+
 # One parser per concept (issue 20): a second eps or normalization parser is how the CLI and
 # the API came to disagree ("0.5" accepted by one, refused by the other), so only the parser
 # module may define one; everything else calls it.

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from evalkit.checkpoint.progress import training_complete
 from evalkit.data import ArraySplit, dataset_info, load_array_file, load_split
 from evalkit.errors import DataError, EvalkitError
 from evalkit.evaluation.engine import TensorExamples
 from evalkit.evaluation.fingerprint import file_sha256, module_sha256, tensors_sha256
 from evalkit.models.wrap import check_outputs
-from evalkit.training.api import training_complete
 from evalkit.utils.mode import model_mode
 
 

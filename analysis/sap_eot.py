@@ -35,6 +35,7 @@ from evalkit.analyses import AnalysisInputs, eps_list, register_analysis
 from evalkit.attacks.eot import eot_loss
 from evalkit.defenses.context import is_stochastic
 from evalkit.errors import EvalkitError
+from evalkit.evaluation.budget import Budget
 from evalkit.utils.seeding import derive_seed
 
 DEFAULT_EOT = (1, 2, 5, 10, 20)
@@ -72,7 +73,7 @@ def sap_rows(
     x: torch.Tensor,
     y: torch.Tensor,
     *,
-    eps_list: list[tuple[str, float]],
+    eps_list: list[Budget],
     eot: list[int],
     steps: int,
     step_size: float | None,
@@ -94,8 +95,9 @@ def sap_rows(
     clean_dense = accuracy(dense, x, y, batch_size=batch_size, device=device)
     torch.manual_seed(derive_seed(seed, label, "sap-clean"))
     clean_sap = accuracy(sap, x, y, batch_size=batch_size, device=device, samples=eval_samples)
-    jobs = [(e, n) for e in eps_list for n in eot]
-    for eps_label, eps in progress(eps_list, f"{label} dense", enabled=show_progress):
+    jobs = [(b, n) for b in eps_list for n in eot]
+    for budget in progress(eps_list, f"{label} dense", enabled=show_progress):
+        eps_label, eps = budget.label, budget.value
         step = step_size if step_size is not None else eps / 4
         adv = craft_adversarial(
             dense,
@@ -126,7 +128,8 @@ def sap_rows(
                     "computed_once": True,
                 }
             )
-    for (eps_label, eps), n in progress(jobs, f"{label} SAP x EOT", enabled=show_progress):
+    for budget, n in progress(jobs, f"{label} SAP x EOT", enabled=show_progress):
+        eps_label, eps = budget.label, budget.value
         step = step_size if step_size is not None else eps / 4
         torch.manual_seed(derive_seed(seed, label, eps_label, n))
         loss = eot_loss(attack_loss_for(sap), n)
@@ -168,7 +171,7 @@ def run_sap_eot_study(
     y: torch.Tensor,
     out: Any,
     *,
-    eps_list: list[tuple[str, float]],
+    eps_list: list[Budget],
     eot: list[int] | tuple[int, ...] = DEFAULT_EOT,
     steps: int = 20,
     step_size: float | None = None,
@@ -255,7 +258,7 @@ def run_sap_eot_study(
     writer.finish(
         models=models,
         params={
-            "eps": [e for _, e in eps_list],
+            "eps": [b.value for b in eps_list],
             "eot": list(eot),
             "attack": f"PGD-{steps}",
             "step_size": step_size if step_size is not None else "eps/4",
@@ -303,7 +306,7 @@ def sap_eot(
     attack = pgd_options(steps, step_size, None)
     if eval_samples < 1:
         raise EvalkitError(f"eval_samples must be positive (got {eval_samples})")
-    if inputs.model_options.get("defense"):
+    if inputs.model_source.defense:
         raise EvalkitError("sap-eot loads each checkpoint dense and with SAP itself; drop defense")
     pairs = []
     for i, entry in enumerate(inputs.models):

@@ -37,8 +37,10 @@ import torch
 import torch.nn as nn
 
 from evalkit.errors import DataError, EvalkitError
+from evalkit.evaluation.budget import Budget, parse_budgets
+from evalkit.evaluation.source import ModelSource
 from evalkit.utils.io import atomic_write_json
-from evalkit.utils.parse import parse_eps, parse_eps_items, parse_normalize
+from evalkit.utils.parse import parse_eps
 from evalkit.utils.suggest import did_you_mean, with_hint
 
 ANALYSIS_PACKAGE = "analysis"
@@ -136,7 +138,8 @@ class AnalysisInputs:
     CPU; ``y``: (N,) int64 labels; ``out``: the folder to write to (exists); ``eps``: the budget
     as the caller gave it (None, a float, ``"8/255"`` or a list; see :func:`single_eps` and
     :func:`eps_list`); ``sources``: what each model was loaded from (a path, or None for a
-    module passed in); ``model_options``: the options paths were loaded with.
+    module passed in); ``model_source``: how paths were loaded
+    (:class:`~evalkit.evaluation.source.ModelSource`).
     """
 
     models: list[Any]
@@ -151,7 +154,7 @@ class AnalysisInputs:
     class_k: int | None = None
     data_label: str | None = None
     sources: list[str | None] = field(default_factory=list)
-    model_options: dict[str, Any] = field(default_factory=dict)
+    model_source: ModelSource = field(default_factory=ModelSource)
 
     def reload(self, index: int, *, defense: str | None = None) -> nn.Module:
         """Load model ``index`` again from its checkpoint, optionally with a test-time
@@ -164,10 +167,10 @@ class AnalysisInputs:
             )
         from evalkit.checkpoint import load_model
 
-        opts = dict(self.model_options)
+        how = self.model_source
         if defense:
-            opts["defense"] = defense
-        model, _ = load_model(src, device=self.device, **opts)
+            how = ModelSource.from_options({"defense": defense}, base=how)
+        model, _ = load_model(src, device=self.device, **how.checkpoint_options())
         return model
 
 
@@ -180,10 +183,11 @@ def single_eps(value: Any, default: str = "8/255") -> float:
     return parse_eps(default if value is None else value)
 
 
-def eps_list(value: Any, default: str) -> list[tuple[str, float]]:
-    """``[(label, eps), ...]`` from None (``default``), a number, ``"2/255,8/255"`` or a list
-    (Linf; read and checked by :func:`evalkit.utils.parse.parse_eps_items`)."""
-    return parse_eps_items(default if value is None else value, "linf")
+def eps_list(value: Any, default: str) -> list[Budget]:
+    """Linf :class:`~evalkit.evaluation.budget.Budget` list from None (``default``), a number,
+    ``"2/255,8/255"`` or a list (:func:`evalkit.evaluation.budget.parse_budgets`, the parser
+    :func:`evalkit.evaluate` uses: same values, same one-line errors)."""
+    return parse_budgets(default if value is None else value, "linf")
 
 
 # ------------------------------------------------------------------------------ result
@@ -214,7 +218,7 @@ class AnalysisResult:
 
 
 def _load_models(
-    models: Any, device: torch.device, model_options: Mapping[str, Any]
+    models: Any, device: torch.device, source: ModelSource
 ) -> tuple[list[Any], list[str | None]]:
     from analysis.common import ModelEntry, model_label, unique_labels
     from evalkit.checkpoint import load_model
@@ -235,7 +239,7 @@ def _load_models(
     loaded: list[tuple[str, nn.Module, Any, str | None]] = []
     for i, (label, m) in enumerate(items):
         if isinstance(m, (str, Path)):
-            model, meta = load_model(m, device=device, **dict(model_options))
+            model, meta = load_model(m, device=device, **source.checkpoint_options())
             loaded.append((str(label) if label else model_label(m, meta), model, meta, str(m)))
         elif isinstance(m, nn.Module):
             name = str(label) if label else f"model{i + 1}"
@@ -313,19 +317,47 @@ def _check_fit(split: Any, metas: list[Any]) -> None:
             )
 
 
+def _option_names(spec: AnalysisSpec) -> list[str]:
+    """The keyword options the analysis function names in its signature."""
+    params = inspect.signature(spec.fn).parameters
+    return [
+        n
+        for n, p in list(params.items())[1:]
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+
+
+def _unknown_option(spec: AnalysisSpec, name: str) -> EvalkitError:
+    known = _option_names(spec)
+    message = (
+        f"analysis {spec.name!r} has no option {name!r} (its options: "
+        f"{', '.join(known) or 'none'}; model-loading: {', '.join(ModelSource.names())})"
+    )
+    return EvalkitError(with_hint(message, did_you_mean(name, known + ModelSource.names())))
+
+
 def _check_options(spec: AnalysisSpec, options: Mapping[str, Any]) -> None:
-    """One line naming an option the analysis function does not take."""
+    """One line naming an option the analysis function does not take. A function with
+    ``**options`` forwards them; :func:`_call` catches a name its callee refuses."""
     params = inspect.signature(spec.fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    known = [
-        n for n, p in list(params.items())[1:] if p.kind is not inspect.Parameter.VAR_POSITIONAL
-    ]
     for name in options:
-        if name not in known:
-            raise EvalkitError(
-                f"analysis {spec.name!r} has no option {name!r} (its options: {', '.join(known) or 'none'})"
-            )
+        if name not in _option_names(spec):
+            raise _unknown_option(spec, name)
+
+
+def _call(spec: AnalysisSpec, inputs: AnalysisInputs, options: dict[str, Any]) -> Any:
+    """``spec.fn(inputs, **options)``; a forwarded option that its callee refuses (Python's
+    "unexpected keyword argument 'NAME'" for one of ``options``) becomes the one-line error."""
+    try:
+        return spec.fn(inputs, **options)
+    except TypeError as err:
+        text = str(err)
+        bad = [n for n in options if f"unexpected keyword argument '{n}'" in text]
+        if not bad:
+            raise
+        raise _unknown_option(spec, bad[0]) from None
 
 
 # ------------------------------------------------------------------------------ the API
@@ -346,7 +378,7 @@ def analyze(
     progress: bool = True,
     data_root: str | Path | None = None,
     download: bool = False,
-    model_options: Mapping[str, Any] | None = None,
+    source: ModelSource | None = None,
     **options: Any,
 ) -> AnalysisResult:
     """Run the analysis registered as ``analysis`` on ``models`` and write it to ``out``.
@@ -367,10 +399,13 @@ def analyze(
         class_k: only examples of this class (the CAS paper's channel figures use class 0).
         batch_size, seed, device, progress: as everywhere in evalkit.
         data_root, download: where a named dataset's files are / allow torchvision to fetch.
-        model_options: passed to :func:`evalkit.checkpoint.load_model` for paths (``arch``,
-            ``dataset``, ``normalize`` of a foreign state_dict; ``defense`` such as ``sap``).
+        source: how paths are loaded (:class:`~evalkit.evaluation.source.ModelSource`: ``arch``,
+            ``dataset``, ``normalize`` of a foreign state_dict; ``defense`` such as ``sap``;
+            ``weights_set``), as in :func:`evalkit.evaluate`; its fields may also be given
+            as keywords (``analyze(path, arch="smallcnn", dataset="fashion-mnist")``).
         **options: the analysis's own options (e.g. ``layer``, ``steps``, ``step_size``,
-            ``threshold`` for ``channels``; ``eot`` for ``sap-eot``).
+            ``threshold`` for ``channels``; ``eot`` for ``sap-eot``), and
+            :class:`~evalkit.evaluation.source.ModelSource` fields.
 
     Returns:
         :class:`AnalysisResult` with ``out``, ``doc`` (``analysis.json``) and ``scalars``.
@@ -389,10 +424,10 @@ def analyze(
         raise EvalkitError(f"n must be positive (got {n})")
     seed_everything(seed)
     dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
-    opts = dict(model_options or {})
-    if opts.get("normalize") is not None:  # the CLI's text form works here too, one parser
-        opts["normalize"] = parse_normalize(opts["normalize"])
-    entries, sources = _load_models(models, dev, opts)
+    loader = {k: options.pop(k) for k in list(options) if k in ModelSource.names()}
+    model_source = ModelSource.from_options(loader, base=source)
+    _check_options(spec, options)  # before any model is loaded
+    entries, sources = _load_models(models, dev, model_source)
     metas = [e.meta for e in entries]
     split, label = _data_split(data, metas, data_root, download)
     _check_fit(split, metas)
@@ -427,10 +462,9 @@ def analyze(
         class_k=class_k,
         data_label=label,
         sources=sources,
-        model_options=opts,
+        model_source=model_source,
     )
-    _check_options(spec, options)
-    value = spec.fn(inputs, **options)
+    value = _call(spec, inputs, options)
     doc_path = folder / "analysis.json"
     doc = json.loads(doc_path.read_text()) if doc_path.exists() else {}
     if short and doc:

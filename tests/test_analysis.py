@@ -262,6 +262,7 @@ def test_pooling_eval_records_map_size_and_pool(tmp_path, data):
 
 def test_sap_eot_study(tmp_path, data):
     from analysis.sap_eot import run_sap_eot_study
+    from evalkit.evaluation.budget import parse_budgets
 
     x, y = data
     ckpt = save_tiny(tmp_path / "m.pt")
@@ -272,7 +273,7 @@ def test_sap_eot_study(tmp_path, data):
         x[:6],
         y[:6],
         tmp_path / "out",
-        eps_list=[("8/255", 8 / 255)],
+        eps_list=parse_budgets("8/255", "linf"),
         eot=[1, 2],
         steps=1,
         eval_samples=1,

@@ -254,7 +254,16 @@ def test_evaluation_and_checkpoints_do_not_import_the_trainer():
 # the API came to disagree ("0.5" accepted by one, refused by the other), so only the parser
 # module may define one; everything else calls it.
 PARSER_MODULE = "evalkit/utils/parse.py"
-PARSER_NAMES = ("parse_normalize", "_parse_normalize")
+PARSER_NAMES = (
+    "parse_normalize",
+    "_parse_normalize",
+    # KEY=VALUE flags (--param of attack and train, --option of analyze) were read three ways
+    "parse_key_values",
+    "parse_value",
+    "_params",
+    "_value",
+    "_number",
+)
 PARSER_PREFIXES = ("parse_eps", "_parse_eps")
 
 
@@ -281,7 +290,7 @@ def test_the_parser_scan_finds_definitions(tmp_path):
     assert names == ["parse_eps_budget", "_parse_normalize", "parse_eps"]
 
 
-def test_only_the_parser_module_defines_eps_and_normalize_parsers():
+def test_only_the_parser_module_defines_eps_normalize_and_key_value_parsers():
     dirs = [ROOT / d for d in ("evalkit", "analysis", "reports") if (ROOT / d).is_dir()]
     hits = parser_definitions(dirs)
     assert hits and all(h.startswith(f"{PARSER_MODULE}:") for h in hits), hits

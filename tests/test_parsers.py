@@ -16,7 +16,7 @@ from evalkit.cli import build_parser
 from evalkit.errors import EvalkitError
 from evalkit.evaluation import ModelSource, evaluate, parse_budgets
 from evalkit.training.api import make_config
-from evalkit.utils.parse import parse_eps, parse_eps_items, parse_eps_list, parse_normalize
+from evalkit.utils.parse import parse_eps, parse_eps_items, parse_normalize
 
 NAN, INF = float("nan"), float("inf")
 
@@ -163,8 +163,7 @@ def test_eps_forms_agree(raw, norm, expected):
     assert {b.norm for b in budgets} == {norm.lower()}
     assert parse_eps_items(raw, norm, input_shape=SHAPE) == expected
     if norm == "linf":
-        assert parse_eps_list(raw) == expected
-        assert eps_list(raw, "8/255") == expected
+        assert eps_list(raw, "8/255") == budgets  # analyses get the same Budget values
     if _single(raw):
         assert parse_eps(raw, norm=norm, input_shape=SHAPE) == expected[0][1]
         if norm == "linf":
@@ -180,7 +179,6 @@ def test_eps_errors_agree(raw, norm, text):
     assert text in msg, msg
     assert _error(parse_eps_items, raw, norm, input_shape=SHAPE) == msg
     if norm == "linf":
-        assert _error(parse_eps_list, raw) == msg
         assert _error(eps_list, raw, "8/255") == msg
     if _single(raw) and str(raw).strip(", "):
         assert _error(parse_eps, raw, norm=norm, input_shape=SHAPE) == msg
@@ -199,10 +197,112 @@ def test_eps_defaults_per_norm():
     assert parse_budgets(None, "linf") == parse_budgets("8/255", "linf")
     assert parse_budgets(None, "l2") == parse_budgets("0.5", "l2")
     assert parse_budgets(None, "linf", preset_eps="4/255")[0].value == 4 / 255
-    assert eps_list(None, "2/255,4/255") == [("2/255", 2 / 255), ("4/255", 4 / 255)]
+    assert eps_list(None, "2/255,4/255") == parse_budgets("2/255,4/255", "linf")
+    assert [(b.label, b.value) for b in eps_list(None, "2/255,4/255")] == [
+        ("2/255", 2 / 255),
+        ("4/255", 4 / 255),
+    ]
 
 
 def test_step_sizes_may_be_zero_only_when_asked():
     assert parse_eps("0", allow_zero=True) == 0.0
     assert "[0, 1]" in _error(parse_eps, "-1", allow_zero=True)
     assert parse_eps("1/255", allow_zero=True) == 1 / 255
+
+
+# ------------------------------------------------------------------------------ KEY=VALUE
+
+PARAMS_OK = [
+    # (--param / --option text, the value every command hands the API)
+    ("sap_frac=0.5", {"sap_frac": 0.5}),
+    ("cas_beta=2", {"cas_beta": 2}),
+    ("cifs_adaptive=true", {"cifs_adaptive": True}),
+    ("cifs_adaptive=False", {"cifs_adaptive": False}),
+    ("lr=1e-3", {"lr": 0.001}),
+    (" layer = block2 ", {"layer": "block2"}),
+    ("spec=a=b", {"spec": "a=b"}),
+]
+PARAMS_BAD = [
+    # (text, what every command's one-line error says)
+    ("sap_frac", "must be KEY=VALUE"),
+    ("=0.5", "must be KEY=VALUE"),
+    ("sap_frac=nan", "sap_frac=nan: the value 'nan' must be a finite number"),
+    ("sap_frac=inf", "sap_frac=inf: the value 'inf' must be a finite number"),
+]
+
+
+def _captured(monkeypatch, module: str, fn: str, argv: list[str]) -> dict:
+    """The keyword arguments the command ``argv`` hands its API function (not run)."""
+    import importlib
+
+    seen: dict = {}
+
+    class Called(BaseException):  # not SystemExit: an argparse error must not pass for a call
+        pass
+
+    def capture(*args, **kw):
+        seen.update(kw)
+        raise Called
+
+    monkeypatch.setattr(importlib.import_module(module), fn, capture)
+    from evalkit.cli import main
+
+    with pytest.raises(Called):
+        main(argv)
+    return seen
+
+
+def _commands(item: str) -> dict[str, list[str]]:
+    return {
+        "attack": ["attack", "--ckpt", "m.pt", "--param", item],
+        "train": ["train", "--dataset", "fashion-mnist-mini", "--out", "x", "--param", item],
+        "analyze": ["analyze", "--ckpt", "m.pt", "--out", "x", "--analysis", "channels"]
+        + ["--option", item],
+    }
+
+
+@pytest.mark.parametrize(("item", "expected"), PARAMS_OK)
+def test_key_value_flags_agree(monkeypatch, item, expected):
+    """``attack --param``, ``train --param`` and ``analyze --option`` read a value alike (they
+    once disagreed: ``true`` a bool for one and a string for the others, ``nan`` accepted by
+    two)."""
+    from evalkit.utils.parse import parse_key_values
+
+    assert parse_key_values([item]) == expected
+    argv = _commands(item)
+    attack = _captured(monkeypatch, "evalkit.evaluation.api", "evaluate", argv["attack"])
+    assert attack["source"].params == expected  # evaluate(source=ModelSource(params=...))
+    assert (
+        _captured(monkeypatch, "evalkit.commands.train", "train", argv["train"])["params"]
+        == expected
+    )
+    got = _captured(monkeypatch, "evalkit.analyses", "analyze", argv["analyze"])
+    assert {k: got[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(("item", "text"), PARAMS_BAD)
+def test_key_value_errors_agree(capsys, item, text):
+    from evalkit.utils.parse import parse_key_values
+
+    assert text in _error(parse_key_values, [item])
+    for name, argv in _commands(item).items():
+        rc, err = run_cli(argv, capsys)
+        assert rc == 2 and text in err and one_line(err), (name, err)
+    assert "given twice" in _error(parse_key_values, ["a=1", "a=2"])
+
+
+def test_analyze_takes_the_model_source(ev_ckpt, tmp_path):
+    """``analyze(source=ModelSource(...))`` and the same fields as keywords are one thing; a
+    field analyze cannot honour is named, not dropped."""
+    from evalkit.analyses import analyze
+
+    ckpt = ev_ckpt
+    kw = dict(analysis="channels", n=8, eps="8/255", steps=1, progress=False)
+    by_kw = analyze(ckpt, out=tmp_path / "a", defense="sap", **kw)
+    by_obj = analyze(ckpt, out=tmp_path / "b", source=ModelSource(defense="sap"), **kw)
+    plain = analyze(ckpt, out=tmp_path / "c", **kw)
+    assert by_kw.scalars == by_obj.scalars
+    assert by_kw.doc["models"] == by_obj.doc["models"] != plain.doc["models"]
+    assert "model_dir" in _error(analyze, ckpt, model_dir="m", **kw)
+    msg = _error(analyze, ckpt, wieghts_set="ema", **kw)
+    assert "did you mean 'weights_set'" in msg

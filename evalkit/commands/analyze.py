@@ -24,9 +24,10 @@ from evalkit.commands.common import (
     add_data_options,
     add_device_seed,
     add_model_options,
+    model_source,
 )
 from evalkit.errors import EvalkitError
-from evalkit.utils.parse import parse_normalize
+from evalkit.utils.parse import parse_key_values
 
 BUILTIN = ("channels", "importance", "pooling", "sap-eot", "distributions")
 LABELLED = re.compile(r"^[A-Za-z0-9_.-]+=(?!=)")  # --ckpt LABEL=PATH
@@ -157,15 +158,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def _value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 # flags that are options of the analysis functions (default None = the analysis's own default)
 OPTION_FLAGS = (
     "layer",
@@ -196,11 +188,8 @@ def analysis_options(args: argparse.Namespace, name: str) -> dict[str, Any]:
             flag = "--" + key.replace("_", "-")
             raise EvalkitError(f"{flag} does not apply to --analysis {name}")
         opts[key] = value
-    for item in args.option:
-        if "=" not in item:
-            raise EvalkitError(f"--option {item!r} must be KEY=VALUE")
-        key, value = item.split("=", 1)
-        opts[key.strip().replace("-", "_")] = _value(value.strip())
+    for key, value in parse_key_values(args.option, "--option").items():
+        opts[key.replace("-", "_")] = value
     return opts
 
 
@@ -233,13 +222,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if (args.steps is not None and args.steps < 1) or args.batch_size < 1:
         raise EvalkitError("--steps and --batch-size must be positive")
-    model_options = {
-        "arch": args.arch,
-        "dataset": args.dataset,
-        "normalize": parse_normalize(args.normalize),
-        "defense": args.defense,
-        "weights_set": args.weights_set,
-    }
     result = analyze(
         _models(args.ckpt),
         analysis=name,
@@ -254,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         data_root=args.data_root,
         download=args.download,
-        model_options={k: v for k, v in model_options.items() if v is not None},
+        source=model_source(args),
         **analysis_options(args, name),
     )
     if name == "channels":

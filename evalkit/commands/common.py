@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from evalkit.errors import EvalkitError
+from evalkit.utils.parse import parse_key_values
 
 
 def positive_int(text: str) -> int:
@@ -149,27 +150,27 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _number(value: str) -> int | float | None:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            continue
-    return None
+def model_source(args: argparse.Namespace) -> Any:
+    """The :class:`evalkit.ModelSource` the model flags of ``args`` describe (flags a command
+    lacks keep the defaults): one place where flags become loader options, for every
+    command. ``--ckpt`` is the weights file only next to ``--model SPEC``."""
+    from evalkit.evaluation.source import ModelSource
+
+    spec = getattr(args, "model", None)
+    return ModelSource(
+        weights=args.ckpt if spec else None,
+        arch=getattr(args, "arch", None),
+        dataset=getattr(args, "dataset", None),
+        normalize=getattr(args, "normalize", None),
+        force_normalize=bool(getattr(args, "force_normalize", False)),
+        output=getattr(args, "output", None) or "auto",
+        defense=getattr(args, "defense", None),
+        params=params(getattr(args, "param", None)) or None,
+        model_dir=getattr(args, "model_dir", None),
+        weights_set=getattr(args, "weights_set", None),
+    )
 
 
 def params(items: list[str] | None) -> dict[str, object]:
-    """``KEY=VALUE`` strings -> dict; values become bool/int/float where they read as one."""
-    out: dict[str, object] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise EvalkitError(f"--param {item!r} must be KEY=VALUE (e.g. cifs_adaptive=true)")
-        key, value = (t.strip() for t in item.split("=", 1))
-        if value.lower() in ("true", "false"):
-            out[key] = value.lower() == "true"
-            continue
-        number = _number(value)
-        if number is not None and (number != number or abs(number) == float("inf")):
-            raise EvalkitError(f"--param {key}={value}: the value must be a finite number")
-        out[key] = value if number is None else number
-    return out
+    """``--param KEY=VALUE`` strings -> dict (:func:`evalkit.utils.parse.parse_key_values`)."""
+    return parse_key_values(items, "--param")

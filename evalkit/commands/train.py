@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from evalkit.commands.common import add_device_seed
+from evalkit.commands.common import add_device_seed, params
 from evalkit.defenses.spec import OBJECTIVES, PLUGINS
 from evalkit.errors import EvalkitError
 from evalkit.models import ARCHS
@@ -179,19 +179,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _params(items: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for item in items:
-        if "=" not in item:
-            raise EvalkitError(f"--param {item!r} must be KEY=VALUE (e.g. cas_beta=2)")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = float(value) if any(c in value for c in ".e") else int(value)
-        except ValueError:
-            out[key.strip()] = value
-    return out
-
-
 def _milestones(text: str | None) -> list[int] | None:
     if not text:
         return None
@@ -227,7 +214,7 @@ def train_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         attack_step_size=args.attack_step_size or None,
         attack_bn=args.attack_bn,
         beta=args.beta,
-        params=_params(args.param),
+        params=params(args.param),
         augment=None if args.augment is None else args.augment == "on",
         normalize=not args.no_normalize,
         strides=args.strides,

@@ -443,7 +443,7 @@ class Prepared:
 
 def _prepare(model: Any, data: Any, req: Request, device: torch.device) -> Prepared:
     """Load/adopt model and data, check they fit, learn traits, make the plans adaptive."""
-    m = resolve_model(model, device=device, **req.source.load_options())
+    m = resolve_model(model, req.source, device=device)
     d = resolve_data(data, dataset=req.source.dataset or m.dataset, n=req.n, **req.data_opts)
     check_shape(m, d)
     probe_x, probe_y = (

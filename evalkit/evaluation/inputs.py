@@ -24,6 +24,7 @@ from evalkit.data import ArraySplit, dataset_info, load_array_file, load_split
 from evalkit.errors import DataError, EvalkitError
 from evalkit.evaluation.engine import TensorExamples
 from evalkit.evaluation.fingerprint import file_sha256, module_sha256, tensors_sha256
+from evalkit.evaluation.source import ModelSource
 from evalkit.models.wrap import check_outputs
 from evalkit.utils.mode import model_mode
 
@@ -57,27 +58,20 @@ class DataInput:
 
 
 def resolve_model(
-    model: nn.Module | str | Path,
-    *,
-    weights: str | Path | None = None,
-    arch: str | None = None,
-    dataset: str | None = None,
-    normalize: tuple[list[float], list[float]] | None = None,
-    force_normalize: bool = False,
-    output: str = "auto",
-    defense: str | None = None,
-    params: dict[str, Any] | None = None,
-    model_dir: str | Path | None = None,
-    weights_set: str | None = None,
-    device: torch.device,
+    model: nn.Module | str | Path, source: ModelSource, *, device: torch.device
 ) -> ModelInput:
-    """Load or adopt ``model`` and describe it (see the module docstring). A folder given as
-    the model (or as ``weights``) is resolved to the one checkpoint file inside (printed) or
-    refused; ``weights_set`` picks ``"ema"``/``"raw"`` weights of a file holding both. Defense parts that apply to any model (input transformations, ``bpda``;
-    :mod:`evalkit.defenses.transforms`) are applied after loading, to whatever was loaded."""
+    """Load or adopt ``model`` as ``source`` says (:class:`ModelSource`) and describe it (see
+    the module docstring). A folder given as the model (or as ``source.weights``) is resolved
+    to the one checkpoint file inside (printed) or refused; ``source.weights_set`` picks
+    ``"ema"``/``"raw"`` weights of a file holding both. Defense parts that apply to any model
+    (input transformations, ``bpda``; :mod:`evalkit.defenses.transforms`) are applied after
+    loading, to whatever was loaded."""
     from evalkit.defenses.transforms import apply_after_load, split_spec
 
-    defense, params, after, after_params = split_spec(defense, params)
+    weights, arch, dataset = source.weights, source.arch, source.dataset
+    normalize, force_normalize, output = source.normalize, source.force_normalize, source.output
+    model_dir, weights_set = source.model_dir, source.weights_set
+    defense, params, after, after_params = split_spec(source.defense, source.params)
     if isinstance(model, nn.Module):
         if defense:
             from evalkit.defenses import apply_defenses, parse_spec

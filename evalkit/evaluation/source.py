@@ -5,7 +5,8 @@ A model given as a path or spec string (evalkit checkpoint, plain state_dict, To
 they travelled as a ``dict[str, Any]`` restated by every layer. :class:`ModelSource` is built
 once, from keywords (:meth:`ModelSource.from_options`, which ``evaluate(**options)`` and the CLI
 use) or directly, checks its values there, and is passed down whole
-(:func:`evalkit.evaluation.inputs.resolve_model` takes :meth:`ModelSource.load_options`).
+(:func:`evalkit.evaluation.inputs.resolve_model` takes it whole;
+:meth:`ModelSource.checkpoint_options` gives :func:`evalkit.checkpoint.load_model` its part).
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ from evalkit.utils.parse import parse_normalize
 from evalkit.utils.suggest import did_you_mean, with_hint
 
 WEIGHT_SETS = ("ema", "raw")
+# the fields :func:`evalkit.checkpoint.load_model` takes (checkpoints and plain state_dicts)
+CHECKPOINT_FIELDS = (
+    "arch",
+    "dataset",
+    "normalize",
+    "force_normalize",
+    "defense",
+    "params",
+    "weights_set",
+)
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,20 @@ class ModelSource:
         start = asdict(base) if base is not None else {}
         return cls(**{**start, **dict(options)})
 
-    def load_options(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`evalkit.evaluation.inputs.resolve_model`."""
-        return asdict(self)
+    def checkpoint_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`evalkit.checkpoint.load_model`, for callers that load
+        evalkit checkpoints and plain state_dicts only (:func:`evalkit.analyze`). A field only
+        other model sources use (``weights``, ``model_dir``, an ``output`` other than
+        ``auto``) is an :class:`EvalkitError` naming it, never silently dropped."""
+        unused = [
+            name
+            for name, value in (("weights", self.weights), ("model_dir", self.model_dir))
+            if value is not None
+        ] + (["output"] if self.output not in ("auto", None) else [])
+        if unused:
+            raise EvalkitError(
+                f"{', '.join(unused)} apply to factory, TorchScript and robustbench models, "
+                "which this call does not load: give evalkit checkpoints or state_dicts and "
+                "drop them"
+            )
+        return {name: getattr(self, name) for name in CHECKPOINT_FIELDS}

@@ -123,11 +123,6 @@ def parse_eps_items(
     return out
 
 
-def parse_eps_list(text: str | float | Sequence[str | float]) -> list[tuple[str, float]]:
-    """Linf ``8/255,4/255`` into ``[("8/255", 0.0313...), ("4/255", 0.0156...)]``."""
-    return parse_eps_items(text, "linf")
-
-
 def parse_floats(text: str, n: int | None = None, name: str = "value") -> tuple[float, ...]:
     """Parse a comma-separated list of floats such as ``0.5,0.5,0.5``."""
     try:
@@ -181,3 +176,40 @@ def parse_normalize(text: Any) -> tuple[list[float], list[float]] | None:
             f"normalize has {len(mean)} means but {len(std)} stds (give one per channel, or one)"
         )
     return mean, std
+
+
+def parse_value(text: str) -> bool | int | float | str:
+    """A ``KEY=VALUE`` value: ``true``/``false`` (any case) a bool, then an int, then a finite
+    float, else the text itself. NaN and infinities are refused: no defense or analysis
+    parameter means anything at them, and a typo such as ``inf`` should not run for hours."""
+    raw = text.strip()
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for kind in (int, float):
+        try:
+            number = kind(raw)
+        except ValueError:
+            continue
+        if not math.isfinite(number):
+            raise EvalkitError(f"the value {raw!r} must be a finite number")
+        return number
+    return raw
+
+
+def parse_key_values(items: Sequence[str] | None, flag: str = "--param") -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` (the repeatable ``--param`` / ``--option`` flags) into a dict,
+    each value read by :func:`parse_value`. A missing ``=``, an empty key or a key given
+    twice (the second would silently win) is a one-line error naming ``flag``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise EvalkitError(f"{flag} {item!r} must be KEY=VALUE (e.g. {flag} sap_frac=0.5)")
+        if key in out:
+            raise EvalkitError(f"{flag} {key} is given twice (give each key once)")
+        try:
+            out[key] = parse_value(value)
+        except EvalkitError as err:
+            raise EvalkitError(f"{flag} {key}={value.strip()}: {err}") from None
+    return out

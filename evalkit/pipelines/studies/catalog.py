@@ -190,10 +190,12 @@ def union_of_traits(defenses: list[str]) -> dict[str, bool]:
     """Traits any of the compared models' defense SPECs brings: every model of a comparison is
     evaluated with the adaptive attacks any of them needs (``evaluate(adapt_for=...)``), so a
     gap between them is never a gap between protocols."""
+    from evalkit.defenses.spec import parse_spec
+
     out: dict[str, bool] = {}
     for spec in defenses:
-        for part in spec.lower().split("+"):
-            for trait in PLUGIN_TRAITS.get(part.strip(), ()):
+        for part in parse_spec(spec).plugins:
+            for trait in PLUGIN_TRAITS.get(part, ()):
                 out[trait] = True
     return out
 

@@ -30,6 +30,11 @@ from evalkit.defenses.context import is_stochastic
 from evalkit.errors import EvalkitError
 
 NORMS = ("linf", "l2")
+# iterates compared per point for cycle detection (``pgd(cycles=...)``), i.e. the longest cycle
+# found; the memory paid is this many copies of the active batch. Measured (PGD-100, eps 0.1,
+# 3-epoch PGD-AT smallcnn, 250 test images, 149 never broken): depth 2 finds a cycle for 82 of
+# them, 4 for 129, 8 for 141, 16 and 32 for 148
+CYCLE_DEPTH = 8
 
 
 def _l2_norm(t: torch.Tensor) -> torch.Tensor:
@@ -147,9 +152,15 @@ def _pgd_run_tracked(
     *,
     targeted: bool,
     early_stop: bool,
+    cycles: int = 0,
 ) -> _Tracked:
     """A PGD run that also scores every iterate from the logits of the forward that computes
     its gradient (read by ``tap``), plus one forward on the last iterate.
+
+    With ``cycles > 0`` an unbroken point whose new iterate equals one of its last ``cycles``
+    iterates leaves the batch too (:class:`_CycleWatch`): the update is a function of the
+    iterate alone, so from there on the run repeats states already scored, and its last
+    iterate is known without computing it.
 
     Among misclassified iterates the one with the lowest margin is kept; with ``early_stop`` a
     point leaves the active batch at its first misclassified iterate (kept), so later steps cost
@@ -174,7 +185,8 @@ def _pgd_run_tracked(
         broken[points[ok]] = True
         return ok
 
-    for _ in range(run.steps):
+    watch = _CycleWatch(cycles, run.steps)
+    for step in range(run.steps):
         xa.requires_grad_(True)
         with tap.watching(xa):
             loss_value = loss_fn(model, xa, ya)
@@ -186,9 +198,21 @@ def _pgd_run_tracked(
             act, xa, ya, xo, grad = act[keep], xa[keep], ya[keep], xo[keep], grad[keep]
             if lo is not None:
                 lo, hi = lo[keep], hi[keep]
+            watch.keep(keep)
             if act.numel() == 0:
                 break
+        watch.push(xa)
         xa = run.update(xa, grad, xo, lo, hi)
+        keep = watch.close(act, xa, step + 1)
+        if keep is not None:
+            act, xa, ya, xo = act[keep], xa[keep], ya[keep], xo[keep]
+            if lo is not None:
+                lo, hi = lo[keep], hi[keep]
+            if act.numel() == 0:
+                break
+    # points that left on a cycle take the last forward with the rest, at their known last
+    # iterate: the same computation a full run does on them
+    act, xa, ya = watch.rejoin(act, xa, ya, y)
     if act.numel():
         with torch.no_grad(), tap.watching(xa):
             last_value = loss_fn(model, xa, ya)
@@ -200,6 +224,72 @@ def _pgd_run_tracked(
     else:
         out = kept
     return _Tracked(out, broken, value)
+
+
+class _CycleWatch:
+    """Exact cycle detection for fixed-step PGD (the idea of PGD with cycle detection,
+    arXiv 2503.19347; written here from the update rule, not from its code).
+
+    A step maps iterate ``x_t`` to ``x_{t+1}`` through the gradient at ``x_t`` alone (fixed
+    step size, no momentum, deterministic model), so if ``x_{t+1}`` equals an earlier
+    ``x_s`` (every element, bit for bit) the run repeats ``x_s .. x_t`` from then on with period
+    ``p = t + 1 - s``: every later iterate was already scored, and the iterate after the last
+    step is ``x_{s + (T - s) mod p}``. Only the last ``depth`` iterates are compared, so memory
+    is ``depth`` copies of the active batch; a longer cycle is simply not detected (the run
+    then goes on as without the watch, never differently).
+    """
+
+    def __init__(self, depth: int, steps: int) -> None:
+        self.depth = max(int(depth), 0)
+        self.steps = steps
+        self.history: list[torch.Tensor] = []  # oldest first, rows = active points
+        self.left: list[tuple[torch.Tensor, torch.Tensor]] = []  # (points, last iterates)
+        self.saved_steps = 0
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """The active batch lost the rows not in ``rows`` (early exit)."""
+        self.history = [h[rows] for h in self.history]
+
+    def push(self, xa: torch.Tensor) -> None:
+        """Remember the iterate about to be stepped from."""
+        if self.depth:
+            self.history.append(xa.clone())
+            del self.history[: -self.depth]
+
+    def close(self, act: torch.Tensor, xa: torch.Tensor, t: int) -> torch.Tensor | None:
+        """After step ``t`` (``xa`` is ``x_t``): the rows to keep running, or None when no
+        point closed a cycle (nothing to do)."""
+        if not self.history or t >= self.steps:
+            return None
+        n = xa.shape[0]
+        period = torch.zeros(n, dtype=torch.long, device=xa.device)
+        for back, past in enumerate(reversed(self.history), start=1):
+            same = (past == xa).flatten(1).all(1) & (period == 0)
+            period[same] = back
+        closed = period > 0
+        if not bool(closed.any()):
+            return None
+        rows = closed.nonzero().squeeze(1)
+        last = torch.empty_like(xa[rows])
+        for j, (row, p) in enumerate(zip(rows.tolist(), period[rows].tolist())):
+            start = t - p  # x_start == x_t
+            index = start + (self.steps - start) % p  # the iterate after the last step
+            last[j] = self.history[len(self.history) - (t - index)][row]
+        self.left.append((act[rows], last))
+        self.saved_steps += int((self.steps - t) * rows.numel())
+        keep = ~closed
+        self.keep(keep)
+        return keep
+
+    def rejoin(
+        self, act: torch.Tensor, xa: torch.Tensor, ya: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The active points plus those that left on a cycle, each at its last iterate."""
+        if not self.left:
+            return act, xa, ya
+        points = torch.cat([act, *(p for p, _ in self.left)])
+        iterates = torch.cat([xa, *(it for _, it in self.left)])
+        return points, iterates, y[points]
 
 
 def _success(
@@ -235,6 +325,7 @@ def pgd(
     init: torch.Tensor | None = None,
     keep_best: bool = False,
     early_stop: bool = False,
+    cycles: int | None = None,
 ) -> torch.Tensor:
     """Return ``x_adv`` (``x``'s shape (N, ...) and dtype) within the ``norm`` ball of radius
     ``eps`` around ``x`` and in [0, 1].
@@ -265,6 +356,13 @@ def pgd(
       randomized model one draw's mistake is not a break, so ``early_stop`` on a model flagged
       ``stochastic`` is an :class:`EvalkitError` (undeclared randomness is the caller's to
       detect, e.g. with :func:`~evalkit.attacks.eot.is_model_random`).
+    * ``cycles`` (implies ``keep_best``; deterministic models only, as ``early_stop``): an
+      unbroken point whose iterate equals, bit for bit, one of its last ``cycles`` iterates
+      leaves the batch, since a fixed-step run from a repeated state repeats states already
+      scored; its last iterate is read off the cycle, so the result is the full run's (the same
+      batch-size caveat as ``early_stop``). Default: :data:`CYCLE_DEPTH` with ``early_stop``,
+      else 0 (off). Linf sign steps revisit states often once clipped at the ball's faces; L2
+      steps almost never do.
     * ``init`` (a perturbation) replaces the first random start; used to cross-check against
       reference implementations from the same starting point.
     * The model's train/eval mode is left as the caller set it (the harness and trainer choose).
@@ -274,12 +372,15 @@ def pgd(
     step = step_size if step_size is not None else default_step_size(eps, norm, steps)
     run = _Step(float(eps), int(steps), float(step), norm, -1.0 if targeted else 1.0)
     x = x.detach()
-    if early_stop:
+    depth = (CYCLE_DEPTH if early_stop else 0) if cycles is None else int(cycles)
+    if depth < 0:
+        raise ValueError(f"cycles must be >= 0 (got {cycles})")
+    if early_stop or depth:
         keep_best = True
         if is_stochastic(model):
             raise EvalkitError(
-                "PGD early_stop needs a deterministic model (this one declares itself "
-                "stochastic); use keep_best=True without early_stop"
+                "PGD early_stop and cycle detection need a deterministic model (this one "
+                "declares itself stochastic); use keep_best=True without early_stop"
             )
 
     def start(first: bool) -> torch.Tensor:
@@ -290,7 +391,9 @@ def pgd(
         return torch.zeros_like(x)
 
     if keep_best:
-        return _pgd_keep_best(model, x, y, run, loss_fn, restarts, start, targeted, early_stop)
+        return _pgd_keep_best(
+            model, x, y, run, loss_fn, restarts, start, targeted, early_stop, depth
+        )
     if restarts == 1:
         return _pgd_run(model, x, y, run, loss_fn, start(True))
 
@@ -325,6 +428,7 @@ def _pgd_keep_best(
     start: Callable[[bool], torch.Tensor],
     targeted: bool,
     early_stop: bool,
+    cycles: int = 0,
 ) -> torch.Tensor:
     """Restarts of tracked runs, each on the points no earlier restart broke."""
     best = x.clone()
@@ -348,6 +452,7 @@ def _pgd_keep_best(
                 tap,
                 targeted=targeted,
                 early_stop=early_stop,
+                cycles=cycles,
             )
             better = res.broken | (res.value > best_value[idx])
             best[idx[better]] = res.x_adv[better]

@@ -256,6 +256,7 @@ def test_sanity_checks_cost_at_most_a_quarter_of_the_protocol(at_ckpt, kw):
     cost = summary["cost"]
     sanity = cost["sanity"]
     proto = cost["protocol"]["forward_passes"] + cost["protocol"]["backward_passes"]
+    proto += cost["protocol"]["cycle_saved"]  # PGD's cycle shortcut never shrinks the checks
     assert sanity["propagations"] > 0 and sanity["budget"] == int(0.25 * proto)
     assert sanity["share_of_protocol"] == pytest.approx(sanity["propagations"] / proto)
     assert sanity["share_of_protocol"] <= 0.25, sanity

@@ -74,6 +74,7 @@ def comparable(summary: dict) -> dict:
         return obj
 
     s["cost"] = drop_times(s["cost"])
+    s["cost"].pop("estimate", None)  # what each process forecast from the batches it saw
     s["environment"].pop("world_size", None)
     return s
 

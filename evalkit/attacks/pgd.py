@@ -25,7 +25,12 @@ import torch.nn as nn
 
 from evalkit.attacks.losses import AttackLoss, make_loss
 from evalkit.attacks.registry import register_attack
-from evalkit.attacks.tracking import LogitTap, score_dtype, success_and_margin
+from evalkit.attacks.tracking import (
+    LogitTap,
+    note_cycle_savings,
+    score_dtype,
+    success_and_margin,
+)
 from evalkit.defenses.context import is_stochastic
 from evalkit.errors import EvalkitError
 
@@ -277,6 +282,7 @@ class _CycleWatch:
             last[j] = self.history[len(self.history) - (t - index)][row]
         self.left.append((act[rows], last))
         self.saved_steps += int((self.steps - t) * rows.numel())
+        note_cycle_savings(2 * int((self.steps - t) * rows.numel()))
         keep = ~closed
         self.keep(keep)
         return keep

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from types import TracebackType
 
 import torch
@@ -109,3 +110,28 @@ def success_and_margin(
         ok = (pred != y) | ~finite
         margin = torch.where(finite, true - other, torch.full_like(true, float("-inf")))
     return ok, margin
+
+
+_SAVED: ContextVar[list[int] | None] = ContextVar("evalkit_pgd_cycle_savings", default=None)
+
+
+@contextmanager
+def cycle_savings() -> Iterator[list[int]]:
+    """``with cycle_savings() as saved:`` ``saved[0]`` is the number of propagations (one
+    forward and one backward per skipped step and point) that cycle detection did not spend
+    inside the block. The harness records it so that a budget set as a share of the protocol
+    (the sanity checks') is not shrunk by a shortcut that only skips unbroken points' repeats:
+    a model with zero input gradients cycles at once, and that is when the checks matter."""
+    box = [0]
+    token = _SAVED.set(box)
+    try:
+        yield box
+    finally:
+        _SAVED.reset(token)
+
+
+def note_cycle_savings(propagations: int) -> None:
+    """Add to the innermost :func:`cycle_savings` block's count (no block: nothing)."""
+    box = _SAVED.get()
+    if box is not None:
+        box[0] += int(propagations)

@@ -41,10 +41,11 @@ from evalkit.evaluation import adversarial as ADV
 from evalkit.evaluation import curve as C
 from evalkit.evaluation import distributed as D
 from evalkit.evaluation import sanity as S
+from evalkit.evaluation.accounting import PassMeter, complete_cost
 from evalkit.evaluation.budget import Budget, check_norm, check_positive_int, parse_budgets
 from evalkit.evaluation.diagnostics import masking_flags, run_diagnostics, summarize_diagnostics
 from evalkit.evaluation.diagnostics import wanted as wants_diagnostics
-from evalkit.evaluation.engine import Settings, n_batches, run_protocol
+from evalkit.evaluation.engine import Forecast, Settings, n_batches, run_protocol
 from evalkit.evaluation.estimate import estimate, plan_cost, probe_rate
 from evalkit.evaluation.gradients import require_gradients
 from evalkit.evaluation.inputs import (
@@ -416,6 +417,7 @@ class Prepared:
     diagnose: bool = False  # run the masking diagnostics (evalkit.evaluation.diagnostics)
     own_traits: ModelTraits | None = None  # the model's own, before adapt_for (diagnostics)
     curve: AttackPlan | None = None
+    meter: PassMeter | None = None  # every pass through the model since it was loaded
 
     def config(self, req: Request) -> dict[str, Any]:
         """config.json: the settings and content hashes a resume must match."""
@@ -444,6 +446,19 @@ class Prepared:
 def _prepare(model: Any, data: Any, req: Request, device: torch.device) -> Prepared:
     """Load/adopt model and data, check they fit, learn traits, make the plans adaptive."""
     m = resolve_model(model, req.source, device=device)
+    meter = PassMeter.on(m.model)
+    try:
+        prepared = _prepare_loaded(m, data, req, device)
+    except BaseException:
+        meter.close()
+        raise
+    prepared.meter = meter
+    meter.setup = meter.snapshot()
+    return prepared
+
+
+def _prepare_loaded(m: ModelInput, data: Any, req: Request, device: torch.device) -> Prepared:
+    """:func:`_prepare` once the model is loaded (its checks are the run's setup passes)."""
     d = resolve_data(data, dataset=req.source.dataset or m.dataset, n=req.n, **req.data_opts)
     check_shape(m, d)
     probe_x, probe_y = (
@@ -510,16 +525,47 @@ def _announce(p: Prepared, req: Request, say: Any) -> None:
         ran = ", ".join(a["attacks"]) or "none"
         extra = f"; left out: {', '.join(a['left_out'])}" if a.get("left_out") else ""
         say(f"  adaptive: {a['name']} ({a['reason']}) -> {ran}{extra}")
+    before = p.meter.snapshot() if p.meter is not None else (0, 0)
     with attack_mode(p.model.model):
         timing_x = p.data.examples.fetch(torch.arange(min(32, n)))[0].to(p.probe_x.device)
         rate = _rate(p.model.model, timing_x)
-    say("  " + estimate(p.plans, p.budgets, n, p.settings.draws, rate).line())
+    if p.meter is not None:
+        after = p.meter.snapshot()
+        p.meter.timing = (after[0] - before[0], after[1] - before[1])
+    planned = estimate(p.plans, p.budgets, n, p.settings.draws, rate)
+    say("  " + planned.line())
+    if p.meter is not None:
+        p.meter.planned, p.meter.rate = planned.forward + planned.backward, rate
     if p.curve is not None:
         f, b = plan_cost(p.curve, p.settings.draws)
         say(
             f"  curve ({p.curve.id}, once for every eps): at most {n * f:,} forward + "
             f"{n * b:,} backward propagations (~{n * (f + b) * rate / 60:.1f} min) on top"
         )
+
+
+def _forecaster(meter: PassMeter, say: Any) -> Any:
+    """The engine's forecast callback: the first forecast made before the last batch is said
+    (when ``say`` is given) and kept for summary.json ``cost.estimate``."""
+
+    def take(f: Forecast) -> None:
+        if meter.forecast is not None or f.points_done >= f.points:
+            return
+        minutes = f.expected * meter.rate / 60
+        meter.forecast = {
+            "expected": f.expected,
+            "expected_seconds": f.expected * meter.rate,
+            "from_points": f.points_done,
+            "points": f.points,
+        }
+        if say is not None:
+            say(
+                f"  expected cost (from the first {f.points_done} of {f.points} points): "
+                f"~{f.expected:,} propagations for the clean pass and attacks (~{minutes:.1f} "
+                "min at the probed rate); the sanity checks add at most a quarter"
+            )
+
+    return take
 
 
 def _rate(model: nn.Module, x: torch.Tensor) -> float:
@@ -555,6 +601,17 @@ def _run(model: Any, data: Any, req: Request, device: torch.device, info: D.Dist
             print(text, flush=True)
 
     p = _prepare(model, data, req, device)
+    assert p.meter is not None
+    try:
+        return _run_prepared(p, req, device, info, say)
+    finally:
+        p.meter.close()
+
+
+def _run_prepared(
+    p: Prepared, req: Request, device: torch.device, info: D.DistInfo, say: Any
+) -> EvalResult:
+    assert p.meter is not None
     if req.save_adversarial:
         ADV.check_resumable(req.out, req.resume)
     _open_run_dir(p, req, info)
@@ -562,7 +619,8 @@ def _run(model: Any, data: Any, req: Request, device: torch.device, info: D.Dist
     log = RecordLog(req.out, info.rank)
     n = len(p.data.examples)
     owned = [b for b in range(n_batches(n, p.settings.batch_size)) if info.owns(b)]
-    counter = CostCounter(p.model.model)
+    counter = p.meter.counter
+    p.meter.resumed = frozenset(log.records)
     summary, df, kept = None, pd.DataFrame(), None
     store = None
     if req.save_adversarial:
@@ -581,11 +639,14 @@ def _run(model: Any, data: Any, req: Request, device: torch.device, info: D.Dist
                 records=log.records,
                 record=log.add,
                 batches=owned,
+                planned=p.meter.planned,
+                forecast=_forecaster(p.meter, say if info.is_main else None),
             )
         records = D.gather_records(dict(log.records), info)
         if info.is_main:
             with ADV.capture(store):
                 summary, df = _finish(p, req, records, counter, log.add, device, info)
+            summary["cost"] = complete_cost(summary["cost"], records, log.records, p.meter)
             if store is not None:  # every rank wrote its units before gather_records returned
                 kept = ADV.assemble(store, df, p.budgets, p.data.examples.fetch)
                 if req.out is not None:
@@ -599,7 +660,6 @@ def _run(model: Any, data: Any, req: Request, device: torch.device, info: D.Dist
         raise
     finally:
         log.close()
-        counter.close()
     summary = D.broadcast_object(summary, info)
     if req.out is not None and info.is_main:
         buf = io.BytesIO()

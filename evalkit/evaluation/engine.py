@@ -91,59 +91,62 @@ def run_protocol(
     records: dict[str, Record] | None = None,
     record: Callable[[Record], None] | None = None,
     batches: Sequence[int] | None = None,
+    planned: int = 0,
+    forecast: Callable[[Forecast], None] | None = None,
 ) -> dict[str, Record]:
     """Run the clean pass and every (budget, plan) on ``batches`` (default: all); return records.
 
     ``records`` holds units already done (resume); each new unit is added to it and passed to
     ``record`` (e.g. an append-only log) as soon as it completes. The model must already be in
     attack mode (:func:`evalkit.attacks.attack_mode`).
+
+    Batches run one after another, each through its clean pass and every (budget, plan) in
+    order (a unit's inputs depend only on the earlier units of its batch, so the order changes
+    no result). After each batch the propagations spent per point so far give the expected total
+    (:class:`Forecast`), which the progress bar (counted in propagations, starting from the
+    ``planned`` upper bound) takes as its total, and which is handed to ``forecast``.
     """
     records = records if records is not None else {}
     n = len(examples)
     bs = settings.batch_size
     owned = list(batches) if batches is not None else list(range(n_batches(n, bs)))
+    points = {b: len(batch_index(b, n, bs)) for b in owned}
 
     def keep(rec: Record) -> None:
         records[rec["key"]] = rec
         if record is not None:
             record(rec)
 
-    total = len(owned) * (1 + len(plans) * len(budgets))
-    done = sum(1 for b in owned if unit_key("clean", b) in records) + sum(
-        1
-        for bud in budgets
-        for p in plans
-        for b in owned
-        if unit_key("attack", b, p.id, bud.label) in records
-    )
-    bar = tqdm(
-        total=total,
-        initial=done,
-        unit="unit",
-        desc="protocol",
-        file=sys.stderr,
-        disable=not settings.progress,
-        dynamic_ncols=True,
-    )
+    def done(b: int) -> bool:
+        return unit_key("clean", b) in records and all(
+            unit_key("attack", b, p.id, bud.label) in records for bud in budgets for p in plans
+        )
+
+    meter = _Progress(planned, sum(points.values()), settings.progress, forecast)
+    for b in owned:  # batches a resumed run finished count as spent
+        if done(b):
+            meter.finished(points[b], _batch_passes(records, b), resumed=True)
     try:
         for b in owned:
-            if unit_key("clean", b) in records:
+            if done(b):
                 continue
+            start = sum(counter.snapshot())
             idx = batch_index(b, n, bs)
-            x, y = (t.to(device) for t in examples.fetch(idx))
-            bar.set_postfix_str("clean")
-            seed = derive_seed(settings.seed, "clean", b)
-            keep(clean_unit(model, x, y, idx, b, counter, seed, settings.draws))
-            bar.update(1)
-        for bud in budgets:
-            for k, plan in enumerate(plans):
-                for b in owned:
+            if unit_key("clean", b) not in records:
+                x, y = (t.to(device) for t in examples.fetch(idx))
+                meter.note("clean")
+                seed = derive_seed(settings.seed, "clean", b)
+                keep(clean_unit(model, x, y, idx, b, counter, seed, settings.draws))
+                meter.spent(sum(counter.snapshot()) - start)
+            for bud in budgets:
+                for k, plan in enumerate(plans):
                     if unit_key("attack", b, plan.id, bud.label) in records:
                         continue
                     alive = robust_before(records, b, plans, k, bud.label, settings.compaction)
                     idx = torch.tensor([i for i, ok in alive.items() if ok], dtype=torch.long)
                     x, y = (t.to(device) for t in examples.fetch(idx))
-                    bar.set_postfix_str(f"{plan.id} @ {bud.label}: {len(idx)} points")
+                    meter.note(f"{plan.id} @ {bud.label}: {len(idx)} points")
+                    before = sum(counter.snapshot())
                     rec = attack_unit(
                         model,
                         x,
@@ -159,7 +162,74 @@ def run_protocol(
                         num_classes=traits.num_classes,
                     )
                     keep(rec)
-                    bar.update(1)
+                    meter.spent(sum(counter.snapshot()) - before)
+            meter.finished(points[b], _batch_passes(records, b))
     finally:
-        bar.close()
+        meter.close()
     return records
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """The expected propagations of the whole protocol (clean pass and attacks, every owned
+    batch), from ``points_done`` points that have run through it: ``spent`` so far plus the
+    per-point mean of the finished batches times the points still to run."""
+
+    expected: int
+    spent: int
+    points_done: int
+    points: int
+
+
+def _batch_passes(records: dict[str, Record], b: int) -> int:
+    """Propagations the records of batch ``b`` (clean and attack units) spent."""
+    return sum(
+        int(r.get("fwd", 0)) + int(r.get("bwd", 0))
+        for r in records.values()
+        if r.get("batch") == b and r.get("kind") in ("clean", "attack")
+    )
+
+
+class _Progress:
+    """The protocol's progress bar in propagations, its total the running forecast."""
+
+    def __init__(
+        self,
+        planned: int,
+        points: int,
+        enabled: bool,
+        forecast: Callable[[Forecast], None] | None,
+    ) -> None:
+        self.points, self.points_done, self.finished_passes = points, 0, 0
+        self.forecast = forecast
+        self.bar = tqdm(
+            total=max(int(planned), 1),
+            unit="prop",
+            unit_scale=True,
+            desc="protocol",
+            file=sys.stderr,
+            disable=not enabled,
+            dynamic_ncols=True,
+        )
+
+    def note(self, text: str) -> None:
+        self.bar.set_postfix_str(text)
+
+    def spent(self, passes: int) -> None:
+        self.bar.update(max(int(passes), 0))
+
+    def finished(self, points: int, passes: int, *, resumed: bool = False) -> None:
+        """Batch of ``points`` done, its records holding ``passes``: refresh the forecast."""
+        self.points_done += points
+        self.finished_passes += passes
+        if resumed:
+            self.bar.update(passes)
+        per_point = self.finished_passes / max(self.points_done, 1)
+        expected = int(round(self.finished_passes + per_point * (self.points - self.points_done)))
+        self.bar.total = max(expected, int(self.bar.n), 1)
+        self.bar.refresh()
+        if self.forecast is not None and not resumed:
+            self.forecast(Forecast(expected, self.finished_passes, self.points_done, self.points))
+
+    def close(self) -> None:
+        self.bar.close()

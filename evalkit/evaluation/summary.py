@@ -153,9 +153,12 @@ def _ci(scores: Any, draws: int) -> list[float]:
 
 
 def _cost(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Passes the records spent, and those PGD's cycle detection did not need to
+    (:func:`evalkit.attacks.pgd.cycle_savings`)."""
     return {
         "forward_passes": int(sum(r.get("fwd", 0) for r in recs)),
         "backward_passes": int(sum(r.get("bwd", 0) for r in recs)),
+        "cycle_saved": int(sum(r.get("cycle_saved", 0) for r in recs)),
         "time_s": float(sum(r.get("time", 0.0) for r in recs)),
     }
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 from evalkit.attacks.eot import eot_loss
 from evalkit.attacks.losses import AttackLoss, make_loss
 from evalkit.attacks.registry import get_attack
+from evalkit.attacks.tracking import cycle_savings
 from evalkit.defenses.context import gradients_through_masks
 from evalkit.evaluation import adversarial
 from evalkit.evaluation.budget import Budget
@@ -215,20 +216,22 @@ def attack_unit(
         "nonfinite": 0,
         "draws": draws,
     }
+    saved = [0]
     if len(index):
         details: dict[str, Any] = {}
-        x_adv = run_attack(
-            model,
-            x,
-            y,
-            plan,
-            budget,
-            seed=seed,
-            beta=beta,
-            deterministic=draws == 1,
-            num_classes=num_classes,
-            details=details,
-        )
+        with cycle_savings() as saved:
+            x_adv = run_attack(
+                model,
+                x,
+                y,
+                plan,
+                budget,
+                seed=seed,
+                beta=beta,
+                deterministic=draws == 1,
+                num_classes=num_classes,
+                details=details,
+            )
         if details:
             rec["details"] = details
         x_adv, violations = project_valid(x, x_adv, budget.value, budget.norm)
@@ -241,5 +244,5 @@ def attack_unit(
             norm=perturbation_norm(x_adv - x, budget.norm).cpu().tolist(), violations=violations
         )
     f1, b1 = counter.snapshot()
-    rec.update(fwd=f1 - f0, bwd=b1 - b0, time=time.perf_counter() - t0)
+    rec.update(fwd=f1 - f0, bwd=b1 - b0, time=time.perf_counter() - t0, cycle_saved=saved[0])
     return rec

@@ -551,18 +551,21 @@ def _forecaster(meter: PassMeter, say: Any) -> Any:
     def take(f: Forecast) -> None:
         if meter.forecast is not None or f.points_done >= f.points:
             return
-        minutes = f.expected * meter.rate / 60
+        # the time at the rate this run has shown so far (small compacted batches run at a
+        # lower rate than the timing probe's full one)
+        seconds = f.seconds * f.expected / f.spent if f.spent else f.expected * meter.rate
+        minutes = seconds / 60
         meter.forecast = {
             "expected": f.expected,
-            "expected_seconds": f.expected * meter.rate,
+            "expected_seconds": seconds,
             "from_points": f.points_done,
             "points": f.points,
         }
         if say is not None:
             say(
-                f"  expected cost (from the first {f.points_done} of {f.points} points): "
+                f"  expected cost (from {f.points_done} of the {f.points} points to attack): "
                 f"~{f.expected:,} propagations for the clean pass and attacks (~{minutes:.1f} "
-                "min at the probed rate); the sanity checks add at most a quarter"
+                "min at this run's rate so far); the sanity checks add at most a quarter"
             )
 
     return take

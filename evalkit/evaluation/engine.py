@@ -15,6 +15,7 @@ Randomized models (``draws > 1``) are scored by Monte Carlo: every candidate is 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -110,34 +111,46 @@ def run_protocol(
     n = len(examples)
     bs = settings.batch_size
     owned = list(batches) if batches is not None else list(range(n_batches(n, bs)))
-    points = {b: len(batch_index(b, n, bs)) for b in owned}
 
     def keep(rec: Record) -> None:
         records[rec["key"]] = rec
         if record is not None:
             record(rec)
 
-    def done(b: int) -> bool:
-        return unit_key("clean", b) in records and all(
+    def attacked(b: int) -> bool:
+        return all(
             unit_key("attack", b, p.id, bud.label) in records for bud in budgets for p in plans
         )
 
-    meter = _Progress(planned, sum(points.values()), settings.progress, forecast)
-    for b in owned:  # batches a resumed run finished count as spent
-        if done(b):
-            meter.finished(points[b], _batch_passes(records, b), resumed=True)
+    bound = max(planned - n * settings.draws, 0) / max(n, 1)  # attack upper bound per point
+    meter = _Progress(planned, settings.progress, forecast, bound)
     try:
-        for b in owned:
-            if done(b):
+        for b in owned:  # the clean pass of every batch first: it says who will be attacked
+            if unit_key("clean", b) in records:
+                meter.spent(_batch_passes(records, b, "clean"))
                 continue
-            start = sum(counter.snapshot())
             idx = batch_index(b, n, bs)
-            if unit_key("clean", b) not in records:
-                x, y = (t.to(device) for t in examples.fetch(idx))
-                meter.note("clean")
-                seed = derive_seed(settings.seed, "clean", b)
-                keep(clean_unit(model, x, y, idx, b, counter, seed, settings.draws))
-                meter.spent(sum(counter.snapshot()) - start)
+            x, y = (t.to(device) for t in examples.fetch(idx))
+            meter.note("clean")
+            before = sum(counter.snapshot())
+            keep(
+                clean_unit(
+                    model, x, y, idx, b, counter, seed_of(settings, "clean", b), settings.draws
+                )
+            )
+            meter.spent(sum(counter.snapshot()) - before)
+        first = budgets[0].label if budgets else ""
+        weight = {
+            b: sum(robust_before(records, b, plans, 0, first, settings.compaction).values())
+            for b in owned
+        }
+        meter.expect(sum(weight.values()))
+        for b in owned:  # batches a resumed run finished count as spent
+            if attacked(b):
+                meter.finished(weight[b], _batch_passes(records, b, "attack"), resumed=True)
+        for b in owned:
+            if attacked(b):
+                continue
             for bud in budgets:
                 for k, plan in enumerate(plans):
                     if unit_key("attack", b, plan.id, bud.label) in records:
@@ -155,7 +168,7 @@ def run_protocol(
                         plan,
                         bud,
                         b,
-                        derive_seed(settings.seed, plan.id, bud.label, b),
+                        seed_of(settings, plan.id, bud.label, b),
                         counter,
                         beta=traits.beta,
                         draws=settings.draws,
@@ -163,30 +176,37 @@ def run_protocol(
                     )
                     keep(rec)
                     meter.spent(sum(counter.snapshot()) - before)
-            meter.finished(points[b], _batch_passes(records, b))
+            meter.finished(weight[b], _batch_passes(records, b, "attack"))
     finally:
         meter.close()
     return records
 
 
+def seed_of(settings: Settings, *parts: object) -> int:
+    """The seed of one unit: the run's seed and the unit's name."""
+    return derive_seed(settings.seed, *parts)
+
+
 @dataclass(frozen=True)
 class Forecast:
-    """The expected propagations of the whole protocol (clean pass and attacks, every owned
-    batch), from ``points_done`` points that have run through it: ``spent`` so far plus the
-    per-point mean of the finished batches times the points still to run."""
+    """The expected propagations of the protocol (clean pass and attacks, every owned batch):
+    what was spent, plus the attack propagations per attacked point of the finished batches
+    (with half a pseudo-point at the plan's upper bound) times the points still to attack
+    (points the clean pass already got wrong cost nothing)."""
 
     expected: int
     spent: int
     points_done: int
     points: int
+    seconds: float = 0.0  # the time spent so far; expected time = seconds * expected / spent
 
 
-def _batch_passes(records: dict[str, Record], b: int) -> int:
-    """Propagations the records of batch ``b`` (clean and attack units) spent."""
+def _batch_passes(records: dict[str, Record], b: int, kind: str) -> int:
+    """Propagations the records of ``kind`` (``clean`` or ``attack``) of batch ``b`` spent."""
     return sum(
         int(r.get("fwd", 0)) + int(r.get("bwd", 0))
         for r in records.values()
-        if r.get("batch") == b and r.get("kind") in ("clean", "attack")
+        if r.get("batch") == b and r.get("kind") == kind
     )
 
 
@@ -196,12 +216,13 @@ class _Progress:
     def __init__(
         self,
         planned: int,
-        points: int,
         enabled: bool,
         forecast: Callable[[Forecast], None] | None,
+        bound_per_point: float = 0.0,
     ) -> None:
-        self.points, self.points_done, self.finished_passes = points, 0, 0
-        self.forecast = forecast
+        self.points, self.points_done, self.clean, self.attacks = 0, 0, 0, 0
+        self.forecast, self.bound = forecast, float(bound_per_point)
+        self.t0 = time.perf_counter()
         self.bar = tqdm(
             total=max(int(planned), 1),
             unit="prop",
@@ -218,18 +239,30 @@ class _Progress:
     def spent(self, passes: int) -> None:
         self.bar.update(max(int(passes), 0))
 
+    def expect(self, points: int) -> None:
+        """The clean pass is over: ``points`` will be attacked; ``bar.n`` is its cost."""
+        self.points, self.clean = points, int(self.bar.n)
+
     def finished(self, points: int, passes: int, *, resumed: bool = False) -> None:
-        """Batch of ``points`` done, its records holding ``passes``: refresh the forecast."""
+        """A batch whose ``points`` were attacked for ``passes``: refresh the forecast."""
         self.points_done += points
-        self.finished_passes += passes
+        self.attacks += passes
         if resumed:
             self.bar.update(passes)
-        per_point = self.finished_passes / max(self.points_done, 1)
-        expected = int(round(self.finished_passes + per_point * (self.points - self.points_done)))
+        if not self.points_done:
+            return
+        # the finished points' mean, with half a pseudo-point at the upper bound (a point that
+        # survives every attack): where survivors are rare (a standard model) the few in the
+        # batches still to come dominate the cost, and a batch without one would forecast none
+        per_point = (self.attacks + 0.5 * self.bound) / (self.points_done + 0.5)
+        rest = per_point * max(self.points - self.points_done, 0)
+        expected = int(round(self.clean + self.attacks + rest))
         self.bar.total = max(expected, int(self.bar.n), 1)
         self.bar.refresh()
         if self.forecast is not None and not resumed:
-            self.forecast(Forecast(expected, self.finished_passes, self.points_done, self.points))
+            spent = self.clean + self.attacks
+            elapsed = time.perf_counter() - self.t0
+            self.forecast(Forecast(expected, spent, self.points_done, self.points, elapsed))
 
     def close(self) -> None:
         self.bar.close()

@@ -47,9 +47,7 @@ def _run(model, x, y, eps, steps, batch_size, **options) -> tuple[torch.Tensor, 
     with attack_mode(model):
         for i in range(0, len(y), batch_size):
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-            out.append(
-                pgd(model, xb, yb, eps, steps=steps, generator=make_generator(i), **options)
-            )
+            out.append(pgd(model, xb, yb, eps, steps=steps, generator=make_generator(i), **options))
     wall = time.perf_counter() - t0
     counter.close()
     return torch.cat(out), counter.forward + counter.backward, wall

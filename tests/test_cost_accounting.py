@@ -64,3 +64,38 @@ def test_the_cost_total_is_every_pass_through_the_model(ev_ckpt, kw):
     assert sum(un[k]["forward_passes"] for k in parts) == un["forward_passes"]
     recorded = cost["clean"]["forward_passes"] + cost["protocol"]["forward_passes"]
     assert recorded + un["forward_passes"] <= cost["forward_passes"]
+
+
+def test_the_forecast_is_the_rule_of_succession_over_attacked_points():
+    """Hand-computed: clean pass 100 propagations, 40 points to attack, upper bound 50 per
+    point. After a batch of 10 attacked points costing 300: per point (300 + 50) / (10 + 2) =
+    29.1666..., so expected = 100 + 300 + 29.1666... * 30 = 1275; after the next 10 for 200
+    more: (500 + 50) / 22 = 25, expected = 100 + 500 + 25 * 20 = 1100."""
+    from evalkit.evaluation.engine import _Progress
+
+    seen = []
+    bar = _Progress(10_000, False, seen.append, bound_per_point=50)
+    bar.spent(100)
+    bar.expect(40)
+    bar.spent(300)
+    bar.finished(10, 300)
+    bar.spent(200)
+    bar.finished(10, 200)
+    bar.close()
+    assert [(f.expected, f.spent, f.points_done) for f in seen] == [
+        (1275, 400, 10),
+        (1100, 600, 20),
+    ]
+
+
+def test_a_run_says_and_keeps_its_forecast(ev_ckpt, capsys):
+    s = evaluate(ev_ckpt, attacks="pgd", eps="0.1", n=96, batch_size=32, seed=0, progress=False)
+    out = capsys.readouterr().out
+    est = s.summary["cost"]["estimate"]
+    actual = sum(
+        s.summary["cost"][k]["forward_passes"] + s.summary["cost"][k]["backward_passes"]
+        for k in ("clean", "protocol")
+    )
+    assert f"~{est['expected']:,} propagations" in out and "planned cost: at most" in out
+    assert est["from_points"] < est["points"] and est["upper_bound"] >= actual
+    assert 0.5 < est["expected"] / actual < 2, (est, actual)

@@ -143,6 +143,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "names the fix: declare the step for BPDA) or run the blind attacks anyway",
     )
     g.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="autocast the model's layers (inputs, perturbations and logits stay fp32); the "
+        "gradient check refuses a precision that underflows it (default: fp32)",
+    )
+    g.add_argument(
+        "--channels-last", action="store_true", help="channels-last memory format (GPU speed)"
+    )
+    g.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="BACKEND",
+        help="torch.compile the model (default backend inductor, or name one, e.g. eager)",
+    )
+    g.add_argument(
         "--no-compaction",
         action="store_true",
         help="run every attack on every clean-correct point (independent per-attack numbers)",
@@ -287,5 +305,8 @@ def run(args: argparse.Namespace) -> int:
         curve=args.curve,
         curve_steps=args.curve_steps,
         shattered=args.shattered,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
     )
     return 0

@@ -17,6 +17,8 @@ from __future__ import annotations
 import io
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ from evalkit.evaluation.inputs import (
     resolve_data,
     resolve_model,
 )
+from evalkit.evaluation.memory import fit_batch_size
 from evalkit.evaluation.protocol import (
     AttackPlan,
     ModelTraits,
@@ -70,6 +73,7 @@ from evalkit.evaluation.rundir import RecordLog, prepare_run_dir
 from evalkit.evaluation.source import ModelSource
 from evalkit.evaluation.summary import format_table, json_safe, per_example_table, summarize
 from evalkit.evaluation.units import CostCounter
+from evalkit.models.precision import accelerate, check_precision
 from evalkit.utils.device import resolve_device
 from evalkit.utils.io import atomic_write_bytes, atomic_write_json
 from evalkit.utils.seeding import derive_seed
@@ -238,6 +242,9 @@ def evaluate(
     curve: bool = False,
     curve_steps: int = C.CURVE_STEPS,
     shattered: str = "error",
+    precision: str = "fp32",
+    channels_last: bool = False,
+    compile: bool | str = False,
     source: ModelSource | None = None,
     **source_options: Any,
 ) -> EvalResult:
@@ -313,6 +320,11 @@ def evaluate(
             a model that declares its steps gets BPDA versions of its gradient attacks instead.
             ``run`` lets zero/NaN gradients through (the sanity checks flag them, the Square
             probe counts what the blind attacks missed); a missing gradient is always refused.
+        precision, channels_last, compile: speed opt-ins (:mod:`evalkit.models.precision`):
+            ``bf16``/``fp16`` autocast with fp32 inputs, perturbations and logits; channels-last
+            memory; ``torch.compile`` (``True`` or a backend name). Recorded in config.json
+            (a resume must match). The shattered-gradient check runs on the accelerated model,
+            so a precision that underflows the gradient is refused before any attack.
 
     Raises:
         EvalkitError: one line naming the fix, for every bad input.
@@ -359,8 +371,13 @@ def evaluate(
         save_adversarial=bool(save_adversarial),
         curve_steps=check_positive_int("curve_steps", curve_steps) if curve else None,
         shattered=shattered,
+        acceleration={
+            "precision": check_precision(precision),
+            "channels_last": bool(channels_last),
+            "compile": compile if isinstance(compile, str) else bool(compile),
+        },
     )
-    dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    dev = resolve_device(device)
     info = D.setup(dev)
     try:
         return _run(model, data, req, D.device_for(dev, info), info)
@@ -394,6 +411,8 @@ class Request:
     save_adversarial: bool = False
     curve_steps: int | None = None  # None: no robustness curve
     shattered: str = "error"  # or "run": zero/NaN input gradients let through
+    # evalkit.models.precision.accelerate options: precision, channels_last, compile
+    acceleration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def protocol_name(self) -> str:
@@ -418,6 +437,7 @@ class Prepared:
     own_traits: ModelTraits | None = None  # the model's own, before adapt_for (diagnostics)
     curve: AttackPlan | None = None
     meter: PassMeter | None = None  # every pass through the model since it was loaded
+    notes: list[str] = field(default_factory=list)  # said with the plan (e.g. batch size)
 
     def config(self, req: Request) -> dict[str, Any]:
         """config.json: the settings and content hashes a resume must match."""
@@ -438,6 +458,7 @@ class Prepared:
             "diagnostics": self.diagnose,
             "weights_set": req.source.weights_set,
             "curve": self.curve.describe() if self.curve is not None else None,
+            "acceleration": req.acceleration,
             "evalkit_version": __version__,
             "torch_version": torch.__version__,
         }
@@ -446,6 +467,7 @@ class Prepared:
 def _prepare(model: Any, data: Any, req: Request, device: torch.device) -> Prepared:
     """Load/adopt model and data, check they fit, learn traits, make the plans adaptive."""
     m = resolve_model(model, req.source, device=device)
+    m.model = accelerate(m.model, **req.acceleration)  # every attack and check sees it
     meter = PassMeter.on(m.model)
     try:
         prepared = _prepare_loaded(m, data, req, device)
@@ -482,7 +504,7 @@ def _prepare_loaded(m: ModelInput, data: Any, req: Request, device: torch.device
     )
     curve = C.curve_plan(req.curve_steps, traits, req.eot) if req.curve_steps else None
     if curve is not None or any(q.white_box for q in plans):
-        with attack_mode(m.model):
+        with attack_mode(m.model), _precision_hint(req.acceleration.get("precision", "fp32")):
             require_gradients(
                 m.model,
                 probe_x,
@@ -491,6 +513,17 @@ def _prepare_loaded(m: ModelInput, data: Any, req: Request, device: torch.device
                 missing_only=req.shattered == "run",
             )
     settings = replace(req.settings, draws=req.mc_draws if traits.random else 1)
+    notes: list[str] = []
+    if any(q.white_box for q in plans):
+        with attack_mode(m.model):
+            size = fit_batch_size(
+                m.model,
+                lambda k: d.examples.fetch(torch.arange(min(k, len(d.examples))))[0].to(device),
+                min(settings.batch_size, len(d.examples)),
+                say=notes.append,
+            )
+        if size < min(settings.batch_size, len(d.examples)):
+            settings = replace(settings, batch_size=size)
     return Prepared(
         m,
         d,
@@ -504,6 +537,7 @@ def _prepare_loaded(m: ModelInput, data: Any, req: Request, device: torch.device
         diagnose,
         own,
         curve,
+        notes=notes,
     )
 
 
@@ -521,13 +555,16 @@ def _announce(p: Prepared, req: Request, say: Any) -> None:
             p.curve,
         )
     )
+    for note in p.notes:
+        say(note)
     for a in p.adaptive:
         ran = ", ".join(a["attacks"]) or "none"
         extra = f"; left out: {', '.join(a['left_out'])}" if a.get("left_out") else ""
         say(f"  adaptive: {a['name']} ({a['reason']}) -> {ran}{extra}")
     before = p.meter.snapshot() if p.meter is not None else (0, 0)
     with attack_mode(p.model.model):
-        timing_x = p.data.examples.fetch(torch.arange(min(32, n)))[0].to(p.probe_x.device)
+        size = min(32, n, p.settings.batch_size)  # within the batch size that fits
+        timing_x = p.data.examples.fetch(torch.arange(size))[0].to(p.probe_x.device)
         rate = _rate(p.model.model, timing_x)
     if p.meter is not None:
         after = p.meter.snapshot()
@@ -542,6 +579,21 @@ def _announce(p: Prepared, req: Request, say: Any) -> None:
             f"  curve ({p.curve.id}, once for every eps): at most {n * f:,} forward + "
             f"{n * b:,} backward propagations (~{n * (f + b) * rate / 60:.1f} min) on top"
         )
+
+
+@contextmanager
+def _precision_hint(precision: str) -> Iterator[None]:
+    """Name reduced precision in a shattered-gradient refusal: under fp16 (rarely bf16) the
+    zeros may be underflow of the evaluator's own making, not the model's."""
+    try:
+        yield
+    except EvalkitError as exc:
+        if precision == "fp32":
+            raise
+        raise EvalkitError(
+            f"{exc} (under precision={precision} the zeros may be underflow: evaluate in fp32 "
+            "or bf16)"
+        ) from None
 
 
 def _forecaster(meter: PassMeter, say: Any) -> Any:

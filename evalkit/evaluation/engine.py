@@ -191,8 +191,8 @@ def seed_of(settings: Settings, *parts: object) -> int:
 class Forecast:
     """The expected propagations of the protocol (clean pass and attacks, every owned batch):
     what was spent, plus the attack propagations per attacked point of the finished batches
-    (with half a pseudo-point at the plan's upper bound) times the points still to attack
-    (points the clean pass already got wrong cost nothing)."""
+    (with Laplace's two pseudo-points: one surviving at the plan's upper bound, one breaking at
+    no cost) times the points still to attack (points the clean pass got wrong cost nothing)."""
 
     expected: int
     spent: int
@@ -223,6 +223,7 @@ class _Progress:
         self.points, self.points_done, self.clean, self.attacks = 0, 0, 0, 0
         self.forecast, self.bound = forecast, float(bound_per_point)
         self.t0 = time.perf_counter()
+        self.total_spent = 0
         self.bar = tqdm(
             total=max(int(planned), 1),
             unit="prop",
@@ -237,27 +238,30 @@ class _Progress:
         self.bar.set_postfix_str(text)
 
     def spent(self, passes: int) -> None:
+        self.total_spent += max(int(passes), 0)  # kept here: a disabled bar counts nothing
         self.bar.update(max(int(passes), 0))
 
     def expect(self, points: int) -> None:
-        """The clean pass is over: ``points`` will be attacked; ``bar.n`` is its cost."""
-        self.points, self.clean = points, int(self.bar.n)
+        """The clean pass is over (all spent so far): ``points`` will be attacked."""
+        self.points, self.clean = points, self.total_spent
 
     def finished(self, points: int, passes: int, *, resumed: bool = False) -> None:
         """A batch whose ``points`` were attacked for ``passes``: refresh the forecast."""
         self.points_done += points
         self.attacks += passes
         if resumed:
-            self.bar.update(passes)
+            self.spent(passes)
         if not self.points_done:
             return
-        # the finished points' mean, with half a pseudo-point at the upper bound (a point that
-        # survives every attack): where survivors are rare (a standard model) the few in the
-        # batches still to come dominate the cost, and a batch without one would forecast none
-        per_point = (self.attacks + 0.5 * self.bound) / (self.points_done + 0.5)
+        # Laplace's rule of succession on "the point survives every attack": the finished
+        # points plus one pseudo-point that survives (costing the upper bound) and one that
+        # breaks at once (costing nothing). Where survivors are rare (a standard model) the few
+        # in the batches still to come dominate the cost, and a first batch without one would
+        # otherwise forecast none
+        per_point = (self.attacks + self.bound) / (self.points_done + 2)
         rest = per_point * max(self.points - self.points_done, 0)
         expected = int(round(self.clean + self.attacks + rest))
-        self.bar.total = max(expected, int(self.bar.n), 1)
+        self.bar.total = max(expected, self.total_spent, 1)
         self.bar.refresh()
         if self.forecast is not None and not resumed:
             spent = self.clean + self.attacks

@@ -1,0 +1,169 @@
+"""aa-fast against pyautoattack on several models: propagations and the robust points.
+
+For each model, on the same test points and one counting hook on the model
+(:class:`evalkit.evaluation.units.CostCounter`), runs
+
+(b) pyautoattack ``custom`` [apgd-ce, apgd-t] with the standard version's settings (1 restart,
+    9 targets, 100 iterations), the baseline a user would pick for an APGD-only evaluation;
+(c+) evalkit's ``aa-fast`` chain (:func:`evalkit.attacks.apgd.apgd_ce_t` with its stopping
+    rules ``stop_plateau`` and ``skip_far_targets``);
+(a) pyautoattack ``standard`` (with ``--standard``; FAB-T and Square 5000 make it slow on a CPU),
+
+and prints robust accuracy, fwd+bwd propagations, the ratio (c+)/(b) (target <= 0.5) and
+(c+)/(a), and the points on which the two disagree (robust for one, broken by the other).
+
+Models (trained here on the bundled Fashion-MNIST subset unless ``--ckpt LABEL=PATH`` names
+one): ``smallcnn`` (width 16) and ``resnet18`` (width 16: the ResNet-18 layout, four stages of
+two BasicBlocks with BatchNorm, at a quarter of the channels so a CPU can run it), each
+standard-trained and PGD-AT-trained (eps 0.1, 5-step PGD), ``--epochs`` epochs.
+
+    python bench/aa_fast_models.py [--n 300] [--eps 0.1] [--epochs 3] [--standard]
+        [--models smallcnn-std,smallcnn-at,resnet18-std,resnet18-at] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from autoattack_cost import evalkit_run, measure, pyautoattack_run  # noqa: E402
+
+import evalkit  # noqa: E402
+from evalkit.attacks.mode import attack_mode  # noqa: E402
+from evalkit.checkpoint import load_model  # noqa: E402
+from evalkit.data import load_split  # noqa: E402
+from evalkit.utils.device import resolve_device  # noqa: E402
+from evalkit.utils.parse import parse_eps  # noqa: E402
+
+MODELS = {
+    "smallcnn-std": ("smallcnn", "standard"),
+    "smallcnn-at": ("smallcnn", "at"),
+    "resnet18-std": ("resnet18", "standard"),
+    "resnet18-at": ("resnet18", "at"),
+}
+
+
+def _train(label: str, tmp: str, epochs: int, eps: float, device: str) -> str:
+    arch, defense = MODELS[label]
+    t0 = time.perf_counter()
+    path = evalkit.train(
+        dataset="fashion-mnist-mini",
+        arch=arch,
+        defense=defense,
+        epochs=epochs,
+        eps=eps,
+        attack_steps=5,
+        width=16,
+        out=f"{tmp}/{label}",
+        progress=False,
+        device=device,
+    )
+    print(f"trained {label} in {time.perf_counter() - t0:.0f}s", flush=True)
+    return str(path)
+
+
+def _held(model, x_adv, y) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x_adv).argmax(1) == y
+
+
+def compare(model, x, y, eps: float, seed: int, standard: bool):
+    """Clean accuracy, per-run results (robust, fwd, bwd, seconds) and per-point held masks."""
+    advs: dict[str, torch.Tensor] = {}
+
+    def run(key: str, fn) -> dict:
+        def keep():
+            advs[key] = fn()
+            return advs[key]
+
+        return measure(model, x, y, eps, keep)
+
+    with attack_mode(model):
+        with torch.no_grad():
+            clean = float((model(x).argmax(1) == y).float().mean())
+        res = {
+            "custom": run("custom", lambda: pyautoattack_run(model, x, y, eps, True, 100, seed)),
+            "aa-fast": run("aa-fast", lambda: evalkit_run(model, x, y, eps, 100, seed, True)),
+        }
+        if standard:
+            res["standard"] = run(
+                "standard", lambda: pyautoattack_run(model, x, y, eps, False, 100, seed)
+            )
+        held = {k: _held(model, v, y) for k, v in advs.items()}
+    return clean, res, held
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--eps", default="0.1")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--ckpt", action="append", default=[], metavar="LABEL=PATH")
+    ap.add_argument("--standard", action="store_true", help="also pyautoattack standard")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--save", default=None, help="train into this folder (kept) instead of a temp")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    eps = parse_eps(args.eps)
+    given = dict(item.split("=", 1) for item in args.ckpt)
+    data = load_split("fashion-mnist-mini", "test").first(args.n)
+    x = data.float_batch(torch.arange(len(data))).to(device)
+    y = torch.as_tensor(data.y).to(device)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.save or scratch
+        for label in [m.strip() for m in args.models.split(",") if m.strip()]:
+            saved = Path(tmp) / label / "checkpoint.pt"
+            ckpt = given.get(label) or (
+                str(saved)
+                if args.save and saved.exists()
+                else _train(label, tmp, args.epochs, eps, str(device))
+            )
+            model, _ = load_model(ckpt, device=device)
+            clean, res, held = compare(model, x, y, eps, args.seed, args.standard)
+            props = {k: r["fwd"] + r["bwd"] for k, r in res.items()}
+            row = {
+                "model": label,
+                "n": len(x),
+                "clean": clean,
+                "robust": {k: r["robust"] for k, r in res.items()},
+                "propagations": props,
+                "seconds": {k: round(r["seconds"], 1) for k, r in res.items()},
+                "ratio_vs_custom": props["aa-fast"] / props["custom"],
+                "only_aa_fast_robust": int((held["aa-fast"] & ~held["custom"]).sum()),
+                "only_custom_robust": int((held["custom"] & ~held["aa-fast"]).sum()),
+            }
+            if "standard" in props:
+                row["ratio_vs_standard"] = props["aa-fast"] / props["standard"]
+                row["only_aa_fast_robust_vs_standard"] = int(
+                    (held["aa-fast"] & ~held["standard"]).sum()
+                )
+            rows.append(row)
+            extra = f"  vs standard {row['ratio_vs_standard']:.3f}" if "standard" in props else ""
+            print(
+                f"{label:<13} clean {clean:.3f}  robust custom {res['custom']['robust']:.3f} "
+                f"aa-fast {res['aa-fast']['robust']:.3f}  fwd+bwd custom {props['custom']:,} "
+                f"aa-fast {props['aa-fast']:,}  ratio {row['ratio_vs_custom']:.3f}{extra}  "
+                f"disagree: robust only under aa-fast {row['only_aa_fast_robust']}, only "
+                f"under custom {row['only_custom_robust']}",
+                flush=True,
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

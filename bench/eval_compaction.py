@@ -17,11 +17,10 @@ import tempfile
 import time
 
 import torch
+from bench_models import quick_at_model
 
 import evalkit
 from evalkit.attacks import attack_mode
-from evalkit.checkpoint import load_model
-from evalkit.data import load_split
 from evalkit.evaluation.units import CostCounter
 from evalkit.utils.device import resolve_device
 from evalkit.utils.parse import parse_eps
@@ -63,21 +62,7 @@ def main() -> None:
     device = resolve_device(args.device)
     eps = parse_eps(args.eps)
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.ckpt or evalkit.train(
-            dataset="fashion-mnist-mini",
-            arch="smallcnn",
-            defense="at",
-            epochs=3,
-            eps=eps,
-            attack_steps=5,
-            out=f"{tmp}/model",
-            progress=False,
-            device=str(device),
-        )
-        model, _ = load_model(ckpt, device=device)
-        split = load_split("fashion-mnist-mini", "test").first(args.n)
-        x = split.float_batch(torch.arange(len(split))).to(device)
-        y = split.y.to(device)
+        model, x, y = quick_at_model(args.ckpt, args.n, eps, device, tmp)
         common = dict(
             eps=args.eps,
             attacks="fgsm,pgd",
@@ -101,7 +86,7 @@ def main() -> None:
     pf, pb = props(plain.summary)
     cf, cb = props(checked.summary)
     sanity = checked.summary["cost"]["sanity"]
-    print(f"model {ckpt if args.ckpt else 'PGD-AT smallcnn, 3 epochs'}; n={len(y)}; eps={args.eps}")
+    print(f"model {args.ckpt or 'PGD-AT smallcnn, 3 epochs'}; n={len(y)}; eps={args.eps}")
     print(f"{'':34}{'robust acc':>11}{'forward':>11}{'backward':>11}{'wall s':>9}")
     print(
         f"{'evalkit (no sanity checks)':34}{plain.robust_accuracy:>11.4f}{pf:>11,}{pb:>11,}"

@@ -27,12 +27,10 @@ import tempfile
 import time
 
 import torch
+from bench_models import quick_at_model
 
-import evalkit
 from evalkit.attacks import attack_mode
 from evalkit.attacks.pgd import CYCLE_DEPTH, pgd
-from evalkit.checkpoint import load_model
-from evalkit.data import load_split
 from evalkit.evaluation.units import CostCounter
 from evalkit.utils.device import resolve_device
 from evalkit.utils.parse import parse_eps
@@ -82,21 +80,7 @@ def main() -> None:
     step_counts = [int(s) for s in args.steps.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = args.ckpt or evalkit.train(
-            dataset="fashion-mnist-mini",
-            arch="smallcnn",
-            defense="at",
-            epochs=3,
-            eps=eps,
-            attack_steps=5,
-            out=f"{tmp}/model",
-            progress=False,
-            device=str(device),
-        )
-        model, _ = load_model(ckpt, device=device)
-        split = load_split("fashion-mnist-mini", "test").first(args.n)
-        x = split.float_batch(torch.arange(len(split))).to(device)
-        y = split.y.to(device)
+        model, x, y = quick_at_model(args.ckpt, args.n, eps, device, tmp)
         for steps in step_counts:
             kw = dict(batch_size=args.batch_size, keep_best=True)
             full, cost_full, t_full = _run(model, x, y, eps, steps, **kw, cycles=0)

@@ -75,6 +75,10 @@ def comparable(summary: dict) -> dict:
 
     s["cost"] = drop_times(s["cost"])
     s["cost"].pop("estimate", None)  # what each process forecast from the batches it saw
+    # passes outside the records are this process's own (a resume skips the batch-size probe);
+    # the records' parts (clean, protocol, probes, ...) stay compared
+    for key in ("unrecorded", "forward_passes", "backward_passes"):
+        s["cost"].pop(key, None)
     s["environment"].pop("world_size", None)
     return s
 

@@ -124,7 +124,41 @@ def test_cycle_detection_with_restarts_and_cw_loss(trained):
     kw = dict(steps=30, step_size=0.03, early_stop=True, restarts=2, loss="cw")
     off, cost_off = _counted(model, x, y, 0.06, generator=make_generator(5), cycles=0, **kw)
     on, cost_on = _counted(model, x, y, 0.06, generator=make_generator(5), cycles=4, **kw)
-    assert torch.equal(on, off) and cost_on <= cost_off
+    assert torch.equal(on, off) and cost_on < cost_off
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_targeted_and_l2_runs_are_unchanged(trained, norm):
+    """Targeted (the loss descends, success = the target) and L2 runs: the shortcut changes no
+    iterate; the default leaves it off for L2 (its steps practically never repeat a state)."""
+    model, x, y = trained
+    target = (y + 1) % 10
+    kw = dict(steps=40, step_size=0.03 if norm == "linf" else 0.5, norm=norm, early_stop=True)
+    eps = 0.06 if norm == "linf" else 1.5
+    off, _ = _counted(
+        model, x, target, eps, generator=make_generator(1), cycles=0, targeted=True, **kw
+    )
+    on, _ = _counted(
+        model, x, target, eps, generator=make_generator(1), cycles=8, targeted=True, **kw
+    )
+    assert torch.equal(on, off)
+    default, _ = _counted(model, x, y, eps, generator=make_generator(1), **kw)
+    plain, _ = _counted(model, x, y, eps, generator=make_generator(1), cycles=0, **kw)
+    assert torch.equal(default, plain)
+
+
+def test_the_default_is_on_only_for_long_linf_runs(trained):
+    from evalkit.attacks.pgd import CYCLE_MIN_STEPS
+
+    model, x, y = trained
+    kw = dict(step_size=0.03, early_stop=True)
+    short_default, c1 = _counted(
+        model, x, y, 0.06, generator=make_generator(2), steps=CYCLE_MIN_STEPS - 1, **kw
+    )
+    short_off, c2 = _counted(
+        model, x, y, 0.06, generator=make_generator(2), steps=CYCLE_MIN_STEPS - 1, cycles=0, **kw
+    )
+    assert torch.equal(short_default, short_off) and c1 == c2
 
 
 def test_cycle_detection_refuses_a_stochastic_model_and_bad_depths():

@@ -39,11 +39,16 @@ def test_reduced_precision_is_within_tolerance_of_fp32(ev_ckpt, fp32, precision)
     agree = float((_outcomes(low) == _outcomes(fp32)).float().mean())
     assert agree >= 0.95, agree
     assert low.summary["model"] == fp32.summary["model"]
+    assert low.summary["environment"]["acceleration"]["precision"] == precision  # it ran so
+    assert low.fingerprints["model_sha256"] == fp32.fingerprints["model_sha256"]  # same weights
 
 
 @pytest.mark.parametrize("options", [{"channels_last": True}, {"compile": "eager"}])
 def test_layout_and_tracing_change_no_outcome(ev_ckpt, fp32, options):
     other = evaluate(ev_ckpt, **options, **KW)
+    applied = other.summary["environment"]["acceleration"]
+    assert all(applied[k] == v for k, v in options.items()), applied
+    assert other.fingerprints["model_sha256"] == fp32.fingerprints["model_sha256"]
     assert torch.equal(_outcomes(other), _outcomes(fp32))
     assert other.robust_accuracy == fp32.robust_accuracy
 
@@ -135,6 +140,7 @@ def test_the_batch_size_backs_off_until_a_batch_fits(ev_ckpt, capsys):
     out = capsys.readouterr().out
     assert "batch size 64 ran out of device memory; using 16" in out
     assert result.summary["n_examples"] == 64
+    assert result.summary["environment"]["batch_size"] == 16
     reference = evaluate(inner, "fashion-mnist-mini", batch_size=16, **kw)
     assert result.robust_accuracy == reference.robust_accuracy  # the same units as batch 16
     from evalkit.evaluation.memory import fit_batch_size

@@ -40,6 +40,10 @@ NORMS = ("linf", "l2")
 # 3-epoch PGD-AT smallcnn, 250 test images, 149 never broken): depth 2 finds a cycle for 82 of
 # them, 4 for 129, 8 for 141, 16 and 32 for 148
 CYCLE_DEPTH = 8
+# on by default only for Linf runs this long: cycles form once iterates sit on the ball's faces,
+# so PGD-20 saved 0.1% of its propagations (bench/pgd_cycles.py) for the time of the
+# comparisons, and L2 steps (no sign) practically never repeat a state
+CYCLE_MIN_STEPS = 40
 
 
 def _l2_norm(t: torch.Tensor) -> torch.Tensor:
@@ -231,6 +235,12 @@ def _pgd_run_tracked(
     return _Tracked(out, broken, value)
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s bit patterns (equal exactly when bit for bit equal: -0.0 is not 0.0)."""
+    kind = {8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()]
+    return t.contiguous().view(kind)
+
+
 class _CycleWatch:
     """Exact cycle detection for fixed-step PGD (the idea of PGD with cycle detection,
     arXiv 2503.19347; written here from the update rule, not from its code).
@@ -268,8 +278,9 @@ class _CycleWatch:
             return None
         n = xa.shape[0]
         period = torch.zeros(n, dtype=torch.long, device=xa.device)
+        now = _bits(xa)
         for back, past in enumerate(reversed(self.history), start=1):
-            same = (past == xa).flatten(1).all(1) & (period == 0)
+            same = (_bits(past) == now).flatten(1).all(1) & (period == 0)
             period[same] = back
         closed = period > 0
         if not bool(closed.any()):
@@ -366,8 +377,8 @@ def pgd(
       unbroken point whose iterate equals, bit for bit, one of its last ``cycles`` iterates
       leaves the batch, since a fixed-step run from a repeated state repeats states already
       scored; its last iterate is read off the cycle, so the result is the full run's (the same
-      batch-size caveat as ``early_stop``). Default: :data:`CYCLE_DEPTH` with ``early_stop``,
-      else 0 (off). Linf sign steps revisit states often once clipped at the ball's faces; L2
+      batch-size caveat as ``early_stop``). Default: :data:`CYCLE_DEPTH` with ``early_stop`` on
+      Linf runs of at least :data:`CYCLE_MIN_STEPS` steps, else 0 (off). Linf sign steps revisit states often once clipped at the ball's faces; L2
       steps almost never do.
     * ``init`` (a perturbation) replaces the first random start; used to cross-check against
       reference implementations from the same starting point.
@@ -378,7 +389,8 @@ def pgd(
     step = step_size if step_size is not None else default_step_size(eps, norm, steps)
     run = _Step(float(eps), int(steps), float(step), norm, -1.0 if targeted else 1.0)
     x = x.detach()
-    depth = (CYCLE_DEPTH if early_stop else 0) if cycles is None else int(cycles)
+    default = CYCLE_DEPTH if early_stop and norm == "linf" and steps >= CYCLE_MIN_STEPS else 0
+    depth = default if cycles is None else int(cycles)
     if depth < 0:
         raise ValueError(f"cycles must be >= 0 (got {cycles})")
     if early_stop or depth:

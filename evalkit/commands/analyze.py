@@ -27,6 +27,7 @@ from evalkit.commands.common import (
     model_source,
 )
 from evalkit.errors import EvalkitError
+from evalkit.evaluation.source import ModelSource
 from evalkit.utils.parse import parse_key_values
 
 BUILTIN = ("channels", "importance", "pooling", "sap-eot", "distributions")
@@ -188,8 +189,21 @@ def analysis_options(args: argparse.Namespace, name: str) -> dict[str, Any]:
             flag = "--" + key.replace("_", "-")
             raise EvalkitError(f"{flag} does not apply to --analysis {name}")
         opts[key] = value
-    for key, value in parse_key_values(args.option, "--option").items():
-        opts[key.replace("-", "_")] = value
+    # option names are Python identifiers: step-size and step_size are one key, so they are
+    # made one before the parser's check for a key given twice
+    items = [
+        key.replace("-", "_") + sep + value
+        for key, sep, value in (item.partition("=") for item in args.option)
+    ]
+    extra = parse_key_values(items, "--option")
+    for key in extra:
+        if key in opts:
+            raise EvalkitError(f"--option {key} repeats --{key.replace('_', '-')}: give it once")
+        if key in ModelSource.names():
+            raise EvalkitError(
+                f"--option {key} is a model-loading option: use --{key.replace('_', '-')}"
+            )
+    opts.update(extra)
     return opts
 
 

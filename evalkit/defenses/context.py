@@ -37,9 +37,11 @@ def label_context(model: nn.Module, y: torch.Tensor | None) -> Iterator[nn.Modul
 
 
 def aux_logits(model: nn.Module) -> list[torch.Tensor]:
-    """Auxiliary-head logits recorded by the latest forward, in module order."""
+    """Auxiliary-head logits recorded by the latest forward, in module order, as fp32 (under
+    reduced-precision autocast, :mod:`evalkit.models.precision`, the joint loss on them stays an
+    fp32 reduction)."""
     return [
-        m.aux_logits
+        m.aux_logits.float()
         for m in model.modules()
         if getattr(m, "has_aux_head", False) and getattr(m, "aux_logits", None) is not None
     ]

@@ -15,6 +15,7 @@ docs/run-directory.md). The protocol itself is described in docs/protocol.md.
 from __future__ import annotations
 
 import io
+import json
 import platform
 import time
 from collections.abc import Iterator
@@ -458,19 +459,29 @@ class Prepared:
             "diagnostics": self.diagnose,
             "weights_set": req.source.weights_set,
             "curve": self.curve.describe() if self.curve is not None else None,
-            "acceleration": req.acceleration,
+            # None when nothing is asked for, as in configs written before the option existed
+            "acceleration": req.acceleration if _accelerated(req.acceleration) else None,
             "evalkit_version": __version__,
             "torch_version": torch.__version__,
         }
 
 
-def _prepare(model: Any, data: Any, req: Request, device: torch.device) -> Prepared:
+def _accelerated(options: dict[str, Any]) -> bool:
+    return options.get("precision", "fp32") != "fp32" or any(
+        bool(options.get(k)) for k in ("channels_last", "compile")
+    )
+
+
+def _prepare(
+    model: Any, data: Any, req: Request, device: torch.device, info: D.DistInfo
+) -> Prepared:
     """Load/adopt model and data, check they fit, learn traits, make the plans adaptive."""
     m = resolve_model(model, req.source, device=device)
+    plain = m.model  # fingerprinted: the weights, whatever runs them
     m.model = accelerate(m.model, **req.acceleration)  # every attack and check sees it
     meter = PassMeter.on(m.model)
     try:
-        prepared = _prepare_loaded(m, data, req, device)
+        prepared = _prepare_loaded(m, plain, data, req, device, info)
     except BaseException:
         meter.close()
         raise
@@ -479,7 +490,14 @@ def _prepare(model: Any, data: Any, req: Request, device: torch.device) -> Prepa
     return prepared
 
 
-def _prepare_loaded(m: ModelInput, data: Any, req: Request, device: torch.device) -> Prepared:
+def _prepare_loaded(
+    m: ModelInput,
+    plain: nn.Module,
+    data: Any,
+    req: Request,
+    device: torch.device,
+    info: D.DistInfo,
+) -> Prepared:
     """:func:`_prepare` once the model is loaded (its checks are the run's setup passes)."""
     d = resolve_data(data, dataset=req.source.dataset or m.dataset, n=req.n, **req.data_opts)
     check_shape(m, d)
@@ -514,7 +532,13 @@ def _prepare_loaded(m: ModelInput, data: Any, req: Request, device: torch.device
             )
     settings = replace(req.settings, draws=req.mc_draws if traits.random else 1)
     notes: list[str] = []
-    if any(q.white_box for q in plans):
+    recorded = _recorded_batch_size(req)
+    if recorded is not None and recorded < settings.batch_size:
+        settings = replace(
+            settings, batch_size=recorded
+        )  # a resume keeps the size it backed off to
+    elif recorded is None and info.world_size == 1 and any(q.white_box for q in plans):
+        # under torchrun ranks must agree on the batches, and each would probe its own memory
         with attack_mode(m.model):
             size = fit_batch_size(
                 m.model,
@@ -532,7 +556,7 @@ def _prepare_loaded(m: ModelInput, data: Any, req: Request, device: torch.device
         plans,
         adaptive,
         settings,
-        fingerprints(m, d),
+        fingerprints(replace(m, model=plain), d),
         probe_x,
         diagnose,
         own,
@@ -596,6 +620,16 @@ def _precision_hint(precision: str) -> Iterator[None]:
         ) from None
 
 
+def _recorded_batch_size(req: Request) -> int | None:
+    """The batch size of the run directory being resumed (None: not a resume, or no config)."""
+    if not req.resume or req.out is None or not (req.out / "config.json").exists():
+        return None
+    try:
+        return int(json.loads((req.out / "config.json").read_text())["batch_size"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _forecaster(meter: PassMeter, say: Any) -> Any:
     """The engine's forecast callback: the first forecast made before the last batch is said
     (when ``say`` is given) and kept for summary.json ``cost.estimate``."""
@@ -603,9 +637,9 @@ def _forecaster(meter: PassMeter, say: Any) -> Any:
     def take(f: Forecast) -> None:
         if meter.forecast is not None or f.points_done >= f.points:
             return
-        # the time at the rate this run has shown so far (small compacted batches run at a
-        # lower rate than the timing probe's full one)
-        seconds = f.seconds * f.expected / f.spent if f.spent else f.expected * meter.rate
+        # the time at the rate this process has shown so far (small compacted batches run at
+        # a lower rate than the timing probe's full one)
+        seconds = f.expected_seconds(meter.rate)
         minutes = seconds / 60
         meter.forecast = {
             "expected": f.expected,
@@ -655,7 +689,7 @@ def _run(model: Any, data: Any, req: Request, device: torch.device, info: D.Dist
         if req.echo and info.is_main:
             print(text, flush=True)
 
-    p = _prepare(model, data, req, device)
+    p = _prepare(model, data, req, device, info)
     assert p.meter is not None
     try:
         return _run_prepared(p, req, device, info, say)
@@ -902,6 +936,10 @@ def _finish(
                 else "independent: mean robust score against the clean input and this attack"
             ),
         },
-        "environment": _environment(device, info),
+        "environment": {
+            **_environment(device, info),
+            "acceleration": req.acceleration,
+            "batch_size": cfg.batch_size,  # after any out-of-memory back-off
+        },
     }
     return json_safe(summary), df

@@ -127,7 +127,7 @@ def run_protocol(
     try:
         for b in owned:  # the clean pass of every batch first: it says who will be attacked
             if unit_key("clean", b) in records:
-                meter.spent(_batch_passes(records, b, "clean"))
+                meter.spent(_batch_passes(records, b, "clean"), resumed=True)
                 continue
             idx = batch_index(b, n, bs)
             x, y = (t.to(device) for t in examples.fetch(idx))
@@ -198,7 +198,14 @@ class Forecast:
     spent: int
     points_done: int
     points: int
-    seconds: float = 0.0  # the time spent so far; expected time = seconds * expected / spent
+    seconds: float = 0.0  # the time this process has spent so far
+    own_spent: int = 0  # the propagations this process spent in that time (a resume's are not)
+
+    def expected_seconds(self, fallback_rate: float) -> float:
+        """The run's expected time: what this process spent, plus what is left at its rate
+        (``fallback_rate`` seconds per propagation before it has spent any)."""
+        rate = self.seconds / self.own_spent if self.own_spent else fallback_rate
+        return self.seconds + max(self.expected - self.spent, 0) * rate
 
 
 def _batch_passes(records: dict[str, Record], b: int, kind: str) -> int:
@@ -223,7 +230,7 @@ class _Progress:
         self.points, self.points_done, self.clean, self.attacks = 0, 0, 0, 0
         self.forecast, self.bound = forecast, float(bound_per_point)
         self.t0 = time.perf_counter()
-        self.total_spent = 0
+        self.total_spent = self.own_spent = 0
         self.bar = tqdm(
             total=max(int(planned), 1),
             unit="prop",
@@ -237,8 +244,11 @@ class _Progress:
     def note(self, text: str) -> None:
         self.bar.set_postfix_str(text)
 
-    def spent(self, passes: int) -> None:
+    def spent(self, passes: int, *, resumed: bool = False) -> None:
+        """``passes`` more spent (``resumed``: by an earlier process, from its records)."""
         self.total_spent += max(int(passes), 0)  # kept here: a disabled bar counts nothing
+        if not resumed:
+            self.own_spent += max(int(passes), 0)
         self.bar.update(max(int(passes), 0))
 
     def expect(self, points: int) -> None:
@@ -250,7 +260,7 @@ class _Progress:
         self.points_done += points
         self.attacks += passes
         if resumed:
-            self.spent(passes)
+            self.spent(passes, resumed=True)
         if not self.points_done:
             return
         # Laplace's rule of succession on "the point survives every attack": the finished
@@ -266,7 +276,9 @@ class _Progress:
         if self.forecast is not None and not resumed:
             spent = self.clean + self.attacks
             elapsed = time.perf_counter() - self.t0
-            self.forecast(Forecast(expected, spent, self.points_done, self.points, elapsed))
+            self.forecast(
+                Forecast(expected, spent, self.points_done, self.points, elapsed, self.own_spent)
+            )
 
     def close(self) -> None:
         self.bar.close()

@@ -32,6 +32,7 @@ FINGERPRINT_KEYS = {
     "data_file_sha256": "the data file's bytes",
     "n": "the number of examples",
     "batch_size": "the batch size",
+    "acceleration": "the speed options (precision, channels_last, compile)",
     "eps": "eps",
     "norm": "the norm",
     "seed": "the seed",

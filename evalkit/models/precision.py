@@ -70,16 +70,21 @@ def accelerate(
 
     ``precision``: ``fp32`` (default), ``bf16`` or ``fp16`` autocast, fp32 inputs and logits.
     ``channels_last``: the model's 4-D weights and its inputs in channels-last memory format
-    (faster convolutions on recent GPUs). ``compile``: ``True`` for ``torch.compile`` with its
+    (faster convolutions on recent GPUs; like ``Module.to``, it changes the model's parameters
+    in place, values untouched). ``compile``: ``True`` for ``torch.compile`` with its
     default backend (inductor, which needs a C++ compiler on CPU), or a backend name such as
     ``"eager"``. Raises :class:`EvalkitError` for an unknown precision.
     """
     dtype = PRECISIONS[check_precision(precision)]
+    if isinstance(compile, str) and compile.strip().lower() in ("", "false", "no", "0", "none"):
+        compile = False
     if dtype is None and not channels_last and not compile:
         return model
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
         backend = compile if isinstance(compile, str) else "inductor"
-        model = torch.compile(model, backend=backend)  # type: ignore[assignment]
+        # dynamic: compaction and early exit shrink the batch every few steps, and a static
+        # graph would recompile for each size until dynamo's cache limit
+        model = torch.compile(model, backend=backend, dynamic=True)  # type: ignore[assignment]
     return Accelerated(model, dtype, channels_last)

@@ -5,8 +5,8 @@ For each model, on the same test points and one counting hook on the model
 
 (b) pyautoattack ``custom`` [apgd-ce, apgd-t] with the standard version's settings (1 restart,
     9 targets, 100 iterations), the baseline a user would pick for an APGD-only evaluation;
-(c+) evalkit's ``aa-fast`` chain (:func:`evalkit.attacks.apgd.apgd_ce_t` with its stopping
-    rules ``stop_plateau`` and ``skip_far_targets``);
+(c+) evalkit's ``aa-fast`` preset (:func:`evalkit.attacks.apgd.apgd_ce_t` with the preset's
+    options, i.e. its stopping rule ``stop_plateau``);
 (a) pyautoattack ``standard`` (with ``--standard``; FAB-T and Square 5000 make it slow on a CPU),
 
 and prints robust accuracy, fwd+bwd propagations, the ratio (c+)/(b) (target <= 0.5) and
@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from autoattack_cost import evalkit_run, measure, pyautoattack_run  # noqa: E402
+from autoattack_cost import measure, pyautoattack_run  # noqa: E402
 
 import evalkit  # noqa: E402
 from evalkit.attacks.mode import attack_mode  # noqa: E402
@@ -75,6 +75,15 @@ def _held(model, x_adv, y) -> torch.Tensor:
         return model(x_adv).argmax(1) == y
 
 
+def aa_fast(model, x, y, eps: float, seed: int) -> torch.Tensor:
+    """The ``aa-fast`` preset's attack with the preset's own options (its stopping rules)."""
+    from evalkit.attacks.apgd import apgd_ce_t
+    from evalkit.evaluation.protocol import PRESETS
+
+    options = dict(PRESETS["aa-fast"].attacks[0].options)
+    return apgd_ce_t(model, x, y, eps=eps, generator=torch.Generator().manual_seed(seed), **options)
+
+
 def compare(model, x, y, eps: float, seed: int, standard: bool):
     """Clean accuracy, per-run results (robust, fwd, bwd, seconds) and per-point held masks."""
     advs: dict[str, torch.Tensor] = {}
@@ -91,7 +100,7 @@ def compare(model, x, y, eps: float, seed: int, standard: bool):
             clean = float((model(x).argmax(1) == y).float().mean())
         res = {
             "custom": run("custom", lambda: pyautoattack_run(model, x, y, eps, True, 100, seed)),
-            "aa-fast": run("aa-fast", lambda: evalkit_run(model, x, y, eps, 100, seed, True)),
+            "aa-fast": run("aa-fast", lambda: aa_fast(model, x, y, eps, seed)),
         }
         if standard:
             res["standard"] = run(

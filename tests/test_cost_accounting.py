@@ -66,11 +66,12 @@ def test_the_cost_total_is_every_pass_through_the_model(ev_ckpt, kw):
     assert recorded + un["forward_passes"] <= cost["forward_passes"]
 
 
-def test_the_forecast_is_the_rule_of_succession_over_attacked_points():
-    """Hand-computed: clean pass 100 propagations, 40 points to attack, upper bound 50 per
-    point. After a batch of 10 attacked points costing 300: per point (300 + 50) / (10 + 2) =
-    29.1666..., so expected = 100 + 300 + 29.1666... * 30 = 1275; after the next 10 for 200
-    more: (500 + 50) / 22 = 25, expected = 100 + 500 + 25 * 20 = 1100."""
+def test_the_forecast_is_the_mean_with_jeffreys_pseudo_points():
+    """Hand-computed (Jeffreys' half pseudo-points): clean pass 100 propagations, 40 points to
+    attack, upper bound 50 per point. After a batch of 10 attacked points costing 300: per point
+    (300 + 25) / (10 + 1) = 29.5454..., so expected = 100 + 300 + 29.5454... * 30 = 1286.36 ->
+    1286; after the next 10 for 200 more: (500 + 25) / 21 = 25, expected = 100 + 500 + 25 * 20
+    = 1100."""
     from evalkit.evaluation.engine import _Progress
 
     seen = []
@@ -83,7 +84,7 @@ def test_the_forecast_is_the_rule_of_succession_over_attacked_points():
     bar.finished(10, 200)
     bar.close()
     assert [(f.expected, f.spent, f.points_done) for f in seen] == [
-        (1275, 400, 10),
+        (1286, 400, 10),
         (1100, 600, 20),
     ]
 

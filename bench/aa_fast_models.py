@@ -6,7 +6,7 @@ For each model, on the same test points and one counting hook on the model
 (b) pyautoattack ``custom`` [apgd-ce, apgd-t] with the standard version's settings (1 restart,
     9 targets, 100 iterations), the baseline a user would pick for an APGD-only evaluation;
 (c+) evalkit's ``aa-fast`` preset (:func:`evalkit.attacks.apgd.apgd_ce_t` with the preset's
-    options, i.e. its stopping rule ``stop_plateau``);
+    options, i.e. its stopping rules ``stop_plateau`` and ``stop_far``);
 (a) pyautoattack ``standard`` (with ``--standard``; FAB-T and Square 5000 make it slow on a CPU),
 
 and prints robust accuracy, fwd+bwd propagations, the ratio (c+)/(b) (target <= 0.5) and
@@ -17,7 +17,10 @@ one): ``smallcnn`` (width 16) and ``resnet18`` (width 16: the ResNet-18 layout, 
 two BasicBlocks with BatchNorm, at a quarter of the channels so a CPU can run it), each
 standard-trained and PGD-AT-trained (eps 0.1, 5-step PGD), ``--epochs`` epochs.
 
-    python bench/aa_fast_models.py [--n 300] [--eps 0.1] [--epochs 3] [--standard]
+A model label may end in ``-s<seed>`` (training seed) and ``--offset`` picks other test
+points, for a check on models and points the stopping rules were not calibrated on.
+
+    python bench/aa_fast_models.py [--n 300] [--offset 0] [--eps 0.1] [--epochs 3] [--standard]
         [--models smallcnn-std,smallcnn-at,resnet18-std,resnet18-at] [--json PATH]
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -51,8 +55,12 @@ MODELS = {
 }
 
 
-def _train(label: str, tmp: str, epochs: int, eps: float, device: str) -> str:
-    arch, defense = MODELS[label]
+def train_model(label: str, tmp: str, epochs: int, eps: float, device: str) -> str:
+    """Trains ``label`` (a key of ``MODELS``, optionally with ``-s<seed>``: training seed,
+    default 0) into ``tmp/label``; returns the checkpoint's path."""
+    match = re.fullmatch(r"(.+?)(?:-s(\d+))?", label)
+    base, seed = match.group(1), match.group(2)
+    arch, defense = MODELS[base]
     t0 = time.perf_counter()
     path = evalkit.train(
         dataset="fashion-mnist-mini",
@@ -65,6 +73,7 @@ def _train(label: str, tmp: str, epochs: int, eps: float, device: str) -> str:
         out=f"{tmp}/{label}",
         progress=False,
         device=device,
+        seed=int(seed or 0),
     )
     print(f"trained {label} in {time.perf_counter() - t0:.0f}s", flush=True)
     return str(path)
@@ -115,6 +124,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--offset", type=int, default=0, help="test points from this index on")
     ap.add_argument("--eps", default="0.1")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS))
@@ -128,7 +138,10 @@ def main() -> None:
     device = resolve_device(args.device)
     eps = parse_eps(args.eps)
     given = dict(item.split("=", 1) for item in args.ckpt)
-    data = load_split("fashion-mnist-mini", "test").first(args.n)
+    test = load_split("fashion-mnist-mini", "test")
+    if not 0 <= args.offset < len(test):
+        ap.error(f"--offset must be in [0, {len(test)}): the split has {len(test)} points")
+    data = test.subset(slice(args.offset, args.offset + args.n))
     x = data.float_batch(torch.arange(len(data))).to(device)
     y = torch.as_tensor(data.y).to(device)
     rows = []
@@ -139,7 +152,7 @@ def main() -> None:
             ckpt = given.get(label) or (
                 str(saved)
                 if args.save and saved.exists()
-                else _train(label, tmp, args.epochs, eps, str(device))
+                else train_model(label, tmp, args.epochs, eps, str(device))
             )
             model, _ = load_model(ckpt, device=device)
             clean, res, held = compare(model, x, y, eps, args.seed, args.standard)

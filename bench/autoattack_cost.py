@@ -9,8 +9,8 @@ robust accuracy, images forwarded / backpropagated through the model
     9 targets, ``--n-iter`` iterations);
 (c) evalkit :func:`~evalkit.attacks.apgd.apgd_ce_t`: APGD-CE then APGD-T on the points still
     robust, same settings, with per-iteration compaction (plain Algorithm 1);
-(c+) the same with its stopping rules ``stop_plateau`` and ``skip_far_targets`` (the
-    ``aa-fast`` preset);
+(c+) the same with the ``aa-fast`` preset's stopping rules (its options: ``stop_plateau`` and
+    ``stop_far``);
 (d) torchattacks ``MultiAttack`` over FGSM, PGD-20 (step eps/4), APGD and APGDT at their
     defaults (10 steps), what a user would pick,
 
@@ -48,7 +48,7 @@ from evalkit.utils.parse import parse_eps
 
 Result = dict[str, float]
 PLAIN = "(c) evalkit apgd_ce_t, plain"
-FAST = "(c+) same, stop_plateau+skip_far_targets"
+FAST = "(c+) same, aa-fast's stopping rules"
 
 
 def measure(
@@ -114,7 +114,11 @@ def evalkit_run(
     fast: bool,
 ) -> torch.Tensor:
     """APGD-CE, then APGD-T on the points still robust (:func:`apgd_ce_t`, the ``aa-fast``
-    chain); ``fast`` turns on its stopping rules ``stop_plateau`` and ``skip_far_targets``."""
+    chain); ``fast`` turns on the stopping rules the ``aa-fast`` preset turns on."""
+    from evalkit.evaluation.protocol import PRESETS
+
+    preset = dict(PRESETS["aa-fast"].attacks[0].options)
+    rules = {k: v for k, v in preset.items() if k.startswith(("stop_", "skip_"))}
     return apgd_ce_t(
         model,
         x,
@@ -122,8 +126,7 @@ def evalkit_run(
         eps=eps,
         n_iter=n_iter,
         n_target_classes=9,
-        stop_plateau=fast,
-        skip_far_targets=fast,
+        **(rules if fast else {}),
         generator=torch.Generator().manual_seed(seed),
     )
 

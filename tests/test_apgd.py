@@ -258,10 +258,13 @@ class _Well(nn.Module):
         return torch.cat([torch.zeros_like(q)[:, None], 10 * (self.delta - q)[:, None], rest], 1)
 
 
-def test_stop_plateau_keeps_late_breaks_near_the_boundary(monkeypatch) -> None:
-    # measured: plain APGD breaks 7 of the 8 points (late); the plateau test with the distance
-    # guard breaks the same 7 (their untargeted DLR ~ -2 |x - c|^2 stays near 0); without the
-    # guard it stops them early and breaks none
+@pytest.mark.parametrize(
+    "rule, constant", [("stop_plateau", "PLATEAU_GUARD"), ("stop_far", "STOP_FAR_DLR")]
+)
+def test_stopping_rules_keep_late_breaks_near_the_boundary(monkeypatch, rule, constant) -> None:
+    # measured: plain APGD breaks 7 of the 8 points (late); each rule breaks the same 7 (their
+    # untargeted DLR ~ -2 |x - c|^2 stays near 0, above both rules' distance thresholds);
+    # without its threshold (set to -inf: every point counts as far) a rule stops them early
     g = torch.Generator().manual_seed(0)
     x = 0.5 + (torch.rand(8, 1, 4, 4, generator=g, dtype=torch.float64) - 0.5) * 0.1
     y = torch.zeros(8, dtype=torch.long)
@@ -269,14 +272,14 @@ def test_stop_plateau_keeps_late_breaks_near_the_boundary(monkeypatch) -> None:
 
     def broken(stop: bool) -> torch.Tensor:
         gen = torch.Generator().manual_seed(1)
-        x_adv = apgd(model, x, y, eps=EPS, n_iter=100, stop_plateau=stop, generator=gen)
+        x_adv = apgd(model, x, y, eps=EPS, n_iter=100, generator=gen, **{rule: stop})
         _in_threat_model(x_adv, x, EPS, "linf")
         return ~_robust(model, x_adv, y)
 
     plain = broken(False)
     assert int(plain.sum()) >= 6
     assert torch.equal(broken(True), plain)
-    monkeypatch.setattr(APGD_MODULE, "PLATEAU_GUARD", float("-inf"))  # the test can fail
+    monkeypatch.setattr(APGD_MODULE, constant, float("-inf"))  # the test can fail
     assert int(broken(True).sum()) < int(plain.sum())
 
 
@@ -312,6 +315,29 @@ def test_skip_far_targets_exact_cost() -> None:
     assert costs[1] == (6 + 11 * (4 * 3 + 2 * 3), 10 * (4 * 3 + 2 * 3))
 
 
+def test_stop_far_exact_cost() -> None:
+    # 3 near points (DLR >= -0.05) and 3 far ones (DLR <= -0.85 < -STOP_FAR_DLR); the CE loss
+    # grows with x_000, so the first step reaches the best corner and nothing breaks. Far
+    # points stop at the first checkpoint (iteration 22): iterates 0..23, 24 forward and 24
+    # backward each, instead of 101 and 100. The result is the same corner.
+    model = _NearFar().double().eval()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[:, 0, 0, 0] = torch.tensor([0.9, 0.9, 0.9, 0.1, 0.1, 0.1], dtype=torch.float64)
+    y = torch.zeros(6, dtype=torch.long)
+    assert APGD_MODULE.checkpoints(100)[0] == 22 and APGD_MODULE.STOP_FAR_DLR < 0.85
+    costs, outs = [], []
+    for stop in (False, True):
+        counter = CostCounter(model)
+        gen = torch.Generator().manual_seed(0)
+        outs.append(apgd(model, x, y, eps=0.05, n_iter=100, stop_far=stop, generator=gen))
+        counter.close()
+        costs.append(counter.snapshot())
+        _in_threat_model(outs[-1], x, 0.05, "linf")
+    assert costs[0] == (6 + 6 * 101, 6 * 100)
+    assert costs[1] == (6 + 3 * 101 + 3 * 24, 3 * 100 + 3 * 24)
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_registry_entries() -> None:
     model = _Biased().eval()
     x, y = torch.rand(3, 1, 28, 28), torch.zeros(3, dtype=torch.long)
@@ -325,6 +351,7 @@ def test_registry_entries() -> None:
     for name in ("apgd", "apgd-dlr", "apgd-t", "apgd-ce-t"):
         spec = get_attack(name)
         assert spec.iterative and spec.defaults["stop_plateau"] is False
+        assert spec.defaults["stop_far"] is False
     assert "skip_far_targets" in get_attack("apgd-ce-t").defaults
     # the registry passes the loss by name: apgd-dlr is apgd with loss="dlr"
     a = get_attack("apgd-dlr").run(

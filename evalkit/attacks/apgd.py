@@ -44,13 +44,14 @@ What evalkit adds (the paper's algorithm is unchanged per point):
   nothing: Algorithm 1 returns its best iterate by construction.
 
 Stopping rules for points with nothing left to gain (evalkit's, optional, off by default so the
-plain algorithm stays available; measured in ``bench/autoattack_cost.py``). Both only stop
+plain algorithm stays available; measured in ``bench/autoattack_cost.py``). All three only stop
 attacking a point, so they can lose breaks but never invent one, and never change how another
 point is attacked. They use the untargeted DLR ``-(z_y - max_(i != y) z_i) / (z_pi1 - z_pi3)``
 of every iterate's logits (no extra propagation) as a scale-free distance to the decision
 boundary: in [-1, 0] for a correctly classified point, 0 on the boundary, -1 when the
 runner-up is no closer than the third class. Its maximum over a point's iterates is the point's
-*closest approach*. Needs K >= 3 classes; with 2 classes ``stop_plateau`` changes nothing.
+*closest approach*. Needs K >= 3 classes; with 2 classes ``stop_plateau`` and ``stop_far``
+change nothing.
 
 * ``stop_plateau`` (every function): a point stops its run at checkpoint ``w_j`` when (1)
   APGD's own progress test halved its step size at both ``w_(j-1)`` and ``w_j``, (2) its best
@@ -60,6 +61,11 @@ runner-up is no closer than the third class. Its maximum over a point's iterates
   can still decide a break (``tests/test_apgd.py`` builds such a case: without (3) the rule
   loses all 7 breaks). The point keeps ``x_max``, as at the end of the run. With 100
   iterations the earliest stop is after iteration 42; most plateaued points stop after 58.
+* ``stop_far`` (every function): at the run's first checkpoint ``w_1`` (iteration 22 of
+  100), a point whose closest approach in this run is below ``-STOP_FAR_DLR`` (-0.6) stops the
+  run and keeps ``x_max``. On PGD-AT models most of APGD-CE + APGD-T's propagations go to the
+  points that stay robust, each of its ten runs to the end; but almost every break comes early
+  in its run, and a run still far from the boundary at ``w_1`` rarely gets close later.
 * ``skip_far_targets`` (:func:`apgd_ce_t` only): after APGD-CE and the first target, a point
   still robust skips the remaining targets when its closest approach over every iterate of
   those runs is below ``-FAR_DLR`` (-0.7). Targets come in decreasing clean logit, so the
@@ -74,8 +80,22 @@ seeds, with it none. Both rules on, seeds 0-2 of both widths: no break lost (als
 ``FAR_DLR`` 0.6, which skips more); seed 0: 0.46x (width 8) and 0.58x (width 16) the
 propagations of the plain chain. On a PGD-AT ResNet-18 (width 16, ``bench/aa_fast_models.py``)
 ``skip_far_targets`` lost one break of 300 (seeds 0 and 1; the plain chain and ``stop_plateau``
-alone found it): the calibration does not carry over to that architecture, so the ``aa-fast``
-preset uses ``stop_plateau`` only and ``skip_far_targets`` stays an opt-in.
+alone found it; ``bench/results/aa_fast_models_skip_far_with_standard.json``): the
+calibration does not carry over to that architecture, so ``skip_far_targets`` stays an opt-in
+(the ``aa-fast`` preset uses ``stop_plateau`` and ``stop_far``).
+
+Calibration of ``stop_far`` (``bench/apgd_stop_far.py``, ``bench/results/apgd_stop_far.json``:
+the plain chain traced on every iterate of every run, its step-size logic replayed under each
+threshold, the replay checked equal to the real attack): PGD-AT smallcnn and ResNet-18 (width
+16, eps 0.1), training seeds 0 and 1, test points 0-299 (attack seed 0) and 300-599 (seed 1),
+six configurations, 1,370 clean-correct points, 13,700 runs. Every point the plain chain breaks
+is broken by some run by iteration 23; 20 of 1,197 breaking runs break only later, with a
+closest approach at ``w_1`` of -0.62 at the lowest (two of them, on one configuration, below
+-0.6: their points were broken by other runs). No break lost at any threshold from 0.3 to 0.7;
+with 0.6 (``stop_plateau`` on too) the chain costs 0.38-0.50x the plain chain's propagations
+(``stop_plateau`` alone 0.63-0.69x). The rule can lose a break where the only run that finds
+it starts far from the boundary and gets there after ``w_1``: the ``aa-fast`` preset uses it;
+the presets that run pyautoattack and these functions' defaults do not.
 
 Success always means misclassification (``argmax != y``), also for APGD-T. The model's mode
 and parameter flags are left alone: wrap calls in :func:`evalkit.attacks.mode.attack_mode`.
@@ -108,6 +128,9 @@ PLATEAU_TOL = 0.03
 PLATEAU_GUARD = 0.2
 #: ``skip_far_targets``: remaining targets are skipped below this untargeted DLR (negated).
 FAR_DLR = 0.7
+#: ``stop_far``: a run stops at its first checkpoint for a point whose closest approach in the
+#: run is below this untargeted DLR (negated); calibrated in ``bench/apgd_stop_far.py``.
+STOP_FAR_DLR = 0.6
 
 # loss(logits (N, K), y (N,), target (N,) or None) -> per-point loss (N,), to be maximised
 LogitLoss = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -264,10 +287,12 @@ def _run(
     eot_iter: int,
     plateau: tuple[float, float] | None = None,
     track_closest: bool = False,
+    far: float | None = None,
 ) -> _RunResult:
     """One APGD run (Algorithm 1) from ``x0 + delta0`` on the points given; ``plateau`` =
-    (tolerance, guard) turns on the ``stop_plateau`` rule, ``track_closest`` records the closest
-    approach (untargeted DLR, needs K >= 3)."""
+    (tolerance, guard) turns on the ``stop_plateau`` rule, ``far`` (a DLR distance) the
+    ``stop_far`` rule, ``track_closest`` records the closest approach (untargeted DLR, needs
+    K >= 3)."""
     n = x0.shape[0]
     out_x = x0.clone()
     out_loss = torch.full((n,), float("-inf"), device=x0.device, dtype=x0.dtype)
@@ -276,7 +301,8 @@ def _run(
     lo, hi = ball.bounds(x0)
     xc = ball.project(x0 + delta0, x0, lo, hi)
     logits, f, g = _evaluate(model, xc, y, target, loss_fn, eot_iter, need_grad=n_iter > 0)
-    track = (track_closest or plateau is not None) and logits.shape[1] >= 3
+    rules = plateau is not None or far is not None
+    track = (track_closest or rules) and logits.shape[1] >= 3
 
     # per-point state of the active rows; ``pos`` maps them to positions in this run's batch
     s: dict[str, torch.Tensor] = {
@@ -322,7 +348,9 @@ def _run(
     mis = record(xc, logits, f)
     if early_stop and bool(mis.any()):
         compact(~mis)
-    w_set = set(checkpoints(n_iter))
+    w_list = checkpoints(n_iter)
+    w_set = set(w_list)
+    w_first = w_list[0] if w_list else -1
     w_prev = 0
     for k in range(n_iter):
         if s["pos"].numel() == 0:
@@ -359,6 +387,9 @@ def _run(
                 gain = s["fm"] - s["fm_last2"]
                 stop = halve & s["red_last"] & (gain <= tol * (s["fm"] - s["f0"]))
                 stop &= closest[s["pos"]] < -guard
+            if far is not None and track and k == w_first:
+                far_stop = closest[s["pos"]] < -far
+                stop = far_stop if stop is None else stop | far_stop
             s["fm_last2"] = s["fm_last"]
             if bool(halve.any()):
                 hv = _bview(halve, x_new)
@@ -436,6 +467,7 @@ def _attack(
     eot_iter: int,
     generator: torch.Generator | None,
     stop_plateau: bool = False,
+    stop_far: bool = False,
     skip_far_after: int | None = None,
 ) -> torch.Tensor:
     """Clean forward, then each (loss, targets) run ``n_restarts`` times on the still-robust
@@ -479,6 +511,7 @@ def _attack(
                 int(eot_iter),
                 plateau=(PLATEAU_TOL, PLATEAU_GUARD) if stop_plateau else None,
                 track_closest=skip_far_after is not None,
+                far=STOP_FAR_DLR if stop_far else None,
             )
             keep = res.broken | (res.loss > best[idx])
             out[idx[keep]] = res.x[keep]
@@ -511,7 +544,8 @@ def _loss_name(loss: object) -> str:
     white_box=True,
     base_loss="ce",
     description="APGD (Croce & Hein 2020), evalkit's own, CE loss (loss='dlr': DLR), 100 "
-    "iterations, 1 restart, per-point early exit; stop_plateau stops plateaued points",
+    "iterations, 1 restart, per-point early exit; stop_plateau and stop_far stop points with "
+    "nothing left to gain",
     iterative=True,
     aliases=("apgd-ce",),
 )
@@ -536,6 +570,7 @@ def apgd(
     n_restarts: int = 1,
     rho: float = 0.75,
     stop_plateau: bool = False,
+    stop_far: bool = False,
     early_stop: bool = True,
     keep_best: bool = True,
     eot_iter: int = 1,
@@ -548,7 +583,8 @@ def apgd(
     and in [0, 1]: per point, the first misclassifying iterate found (the highest-loss one when
     ``early_stop=False``), else the highest-loss iterate; ``x`` itself where the clean input is
     already misclassified. Restarts attack only the points still robust. ``stop_plateau`` ends a
-    point's run once it has plateaued (module docstring); ``keep_best`` changes nothing. See
+    point's run once it has plateaued, ``stop_far`` at the first checkpoint when it is still far
+    from the boundary (module docstring); ``keep_best`` changes nothing. See
     the module docstring for compaction, EOT and the random starts.
 
     Raises :class:`APGDError` (a ``ValueError``) for bad arguments, a loss other than ``"ce"``
@@ -582,6 +618,7 @@ def apgd(
         eot_iter=eot_iter,
         generator=generator,
         stop_plateau=stop_plateau,
+        stop_far=stop_far,
     )
 
 
@@ -617,7 +654,8 @@ def _target_runs(
     white_box=True,
     base_loss="dlr",
     description="APGD-T (Croce & Hein 2020), evalkit's own: targeted DLR, 9 targets by clean "
-    "logit x 100 iterations, per-point early exit; stop_plateau stops plateaued points",
+    "logit x 100 iterations, per-point early exit; stop_plateau and stop_far stop points with "
+    "nothing left to gain",
     iterative=True,
     min_classes=4,
 )
@@ -633,6 +671,7 @@ def apgd_targeted(
     n_target_classes: int = 9,
     rho: float = 0.75,
     stop_plateau: bool = False,
+    stop_far: bool = False,
     early_stop: bool = True,
     keep_best: bool = True,
     eot_iter: int = 1,
@@ -664,6 +703,7 @@ def apgd_targeted(
         eot_iter=eot_iter,
         generator=generator,
         stop_plateau=stop_plateau,
+        stop_far=stop_far,
     )
 
 
@@ -673,8 +713,8 @@ def apgd_targeted(
     white_box=True,
     base_loss="ce",
     description="APGD-CE then APGD-T on the points still robust, in one call (the attacks of "
-    "AutoAttack version custom [apgd-ce, apgd-t]); stop_plateau and skip_far_targets cut the "
-    "cost of points with nothing left to gain",
+    "AutoAttack version custom [apgd-ce, apgd-t]); stop_plateau, stop_far and skip_far_targets "
+    "cut the cost of points with nothing left to gain",
     iterative=True,
     min_classes=4,
 )
@@ -690,6 +730,7 @@ def apgd_ce_t(
     n_target_classes: int = 9,
     rho: float = 0.75,
     stop_plateau: bool = False,
+    stop_far: bool = False,
     skip_far_targets: bool = False,
     early_stop: bool = True,
     keep_best: bool = True,
@@ -728,5 +769,6 @@ def apgd_ce_t(
         eot_iter=eot_iter,
         generator=generator,
         stop_plateau=stop_plateau,
+        stop_far=stop_far,
         skip_far_after=2 if skip_far_targets else None,
     )

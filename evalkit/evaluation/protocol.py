@@ -202,8 +202,9 @@ PRESETS: dict[str, Preset] = {
             "AutoAttack-grade at a fraction of the propagations: evalkit's own APGD-CE then "
             "APGD-T (DLR-targeted, 9 targets, 100 iterations each; the attacks of pyautoattack "
             "version custom [apgd-ce, apgd-t]) with per-point early exit, per-iteration "
-            "compaction, and the stopping rule stop_plateau (APGD's step size halved with no "
-            "gain); skip_far_targets is off: it lost a break on a PGD-AT ResNet-18",
+            "compaction, and the stopping rules stop_plateau (APGD's step size halved with no "
+            "gain) and stop_far (still far from the boundary at the first checkpoint); "
+            "skip_far_targets is off: it lost a break on a PGD-AT ResNet-18",
             (
                 AttackPlan(
                     "apgd-ce-t",
@@ -213,6 +214,7 @@ PRESETS: dict[str, Preset] = {
                         "n_iter": 100,
                         "n_target_classes": 9,
                         "stop_plateau": True,
+                        "stop_far": True,
                         # off: on the PGD-AT ResNet-18 of bench/aa_fast_models.py it skipped
                         # the targets of a point that a later target breaks (1 of 300, seeds
                         # 0 and 1; stop_plateau alone lost none)
@@ -220,7 +222,7 @@ PRESETS: dict[str, Preset] = {
                     },
                     uses_loss=False,
                     description="APGD-CE + APGD-T (9 targets x 100 iterations), evalkit's own, "
-                    "early exit and the stop_plateau rule",
+                    "early exit and the stop_plateau and stop_far rules",
                 ),
             ),
         ),

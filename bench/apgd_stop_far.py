@@ -8,7 +8,8 @@ clean-correct point, with the random starts the real attack draws. It then *repl
 step-size logic (checkpoints, halving, per-point early exit, ``stop_plateau``) on those logits,
 which gives the exact propagations and robust points of the chain under any stopping rule,
 without attacking again. The replay is checked against the real attack on the first
-configuration (propagations and robust points must be equal; the script fails otherwise).
+configuration of each architecture (propagations and robust points must be equal; the script
+fails otherwise). Losses are computed in the logits' dtype, as the attack computes them.
 
 Reported per configuration:
 
@@ -69,8 +70,8 @@ class Trace:
     """Per run r, iterate t (0 = the random start) and clean-correct point i: the run's loss
     ``f[r, t, i]``, the untargeted DLR ``d`` and whether the iterate misclassifies ``mis``."""
 
-    f: torch.Tensor  # (R, T + 1, m) float64
-    d: torch.Tensor  # (R, T + 1, m) float64
+    f: torch.Tensor  # (R, T + 1, m) the logits' dtype
+    d: torch.Tensor  # (R, T + 1, m) the logits' dtype
     mis: torch.Tensor  # (R, T + 1, m) bool
     n_points: int  # all points, clean-correct or not (the clean pass covers them all)
 
@@ -105,7 +106,7 @@ def trace(model, x, y, eps: float, seed: int) -> Trace:
         rec.log = []
         tc = None if t is None else t[ci]
         APGD._run(rec, x[ci], yc, tc, delta0[ci], loss_fn, ball, N_ITER, 0.75, False, 1)
-        z = torch.stack(rec.log).double()  # (T + 1, m, K)
+        z = torch.stack(rec.log)  # (T + 1, m, K), the model's dtype
         if t is None:
             f = torch.stack([F.cross_entropy(zt, yc, reduction="none") for zt in z])
         else:
@@ -224,12 +225,24 @@ def main() -> None:
     args = ap.parse_args()
     configs = args.config or list(CONFIGS)
     data = load_split("fashion-mnist-mini", "test")
+    parsed = []
+    for spec in configs:
+        try:
+            label, start, seed = spec.split(":")
+            parsed.append((label, int(start), int(seed)))
+        except ValueError:
+            ap.error(f"--config takes MODEL:START:SEED (e.g. smallcnn-at:0:0), not {spec!r}")
+        if not 0 <= parsed[-1][1] <= len(data) - args.n:
+            ap.error(
+                f"--config {spec}: START must be in [0, {len(data) - args.n}] for --n {args.n} "
+                f"(the split has {len(data)} points)"
+            )
+    checked: set[str] = set()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.save or scratch
-        for i, spec in enumerate(configs):
-            label, start, seed = spec.split(":")
-            start, seed = int(start), int(seed)
+        for spec, (label, start, seed) in zip(configs, parsed, strict=True):
+            arch = label.split("-")[0]
             ckpt = Path(folder) / label / "checkpoint.pt"
             if not ckpt.exists():
                 train_model(label, folder, args.epochs, args.eps, "cpu")
@@ -242,7 +255,10 @@ def main() -> None:
                 tr = trace(model, x, y, args.eps, seed)
                 with torch.no_grad():
                     ci = (model(x).argmax(1) == y).nonzero().squeeze(1)
-                check = check_replay(model, x, y, args.eps, seed, tr, ci) if i == 0 else None
+                check = None
+                if arch not in checked:  # the first configuration of each architecture
+                    check = check_replay(model, x, y, args.eps, seed, tr, ci)
+                    checked.add(arch)
             plain_robust, plain_cost = replay(tr, plateau=False)
             _, plateau_cost = replay(tr, plateau=True)
             per_tau = {}

@@ -20,8 +20,16 @@ standard-trained and PGD-AT-trained (eps 0.1, 5-step PGD), ``--epochs`` epochs.
 A model label may end in ``-s<seed>`` (training seed) and ``--offset`` picks other test
 points, for a check on models and points the stopping rules were not calibrated on.
 
+The label ``aa-example`` is a model no one here trained: pyautoattack's example CIFAR-10
+ResNet-18 (full width, ``examples/model_test.pt``, shipped in the pyautoattack wheel), at
+``--foreign-eps`` (default 1/255, where a part of its points stay robust). CIFAR-10 cannot be
+downloaded here, so its inputs are made from the bundled test images (:func:`cifar_shaped`)
+and labelled by the model's own clean prediction: every point starts correct, which is all a
+comparison of propagations and robust points needs; its accuracies are not CIFAR-10's.
+
     python bench/aa_fast_models.py [--n 300] [--offset 0] [--eps 0.1] [--epochs 3] [--standard]
         [--models smallcnn-std,smallcnn-at,resnet18-std,resnet18-at] [--json PATH]
+    python bench/aa_fast_models.py --models aa-example --n 100 [--foreign-eps 1/255]
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -53,6 +62,23 @@ MODELS = {
     "resnet18-std": ("resnet18", "standard"),
     "resnet18-at": ("resnet18", "at"),
 }
+FOREIGN = "aa-example"
+
+
+def aa_example_checkpoint() -> str:
+    """Path of pyautoattack's example CIFAR-10 ResNet-18 state_dict (in its wheel)."""
+    import pyautoattack
+
+    path = Path(pyautoattack.__file__).parent / "examples" / "model_test.pt"
+    if not path.exists():
+        raise SystemExit(f"{FOREIGN}: {path} is missing; reinstall pyautoattack (pip)")
+    return str(path)
+
+
+def cifar_shaped(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 28, 28) grey images in [0, 1] -> (N, 3, 32, 32): zero-padded by 2 pixels, the
+    grey value repeated over RGB; made data for a CIFAR-10 model when CIFAR-10 is not here."""
+    return F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
 
 
 def train_model(label: str, tmp: str, epochs: int, eps: float, device: str) -> str:
@@ -126,6 +152,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--offset", type=int, default=0, help="test points from this index on")
     ap.add_argument("--eps", default="0.1")
+    ap.add_argument("--foreign-eps", default="1/255", help=f"eps for {FOREIGN}")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--ckpt", action="append", default=[], metavar="LABEL=PATH")
@@ -137,7 +164,13 @@ def main() -> None:
     args = ap.parse_args()
     device = resolve_device(args.device)
     eps = parse_eps(args.eps)
+    foreign_eps = parse_eps(args.foreign_eps)
     given = dict(item.split("=", 1) for item in args.ckpt)
+    labels = [m.strip() for m in args.models.split(",") if m.strip()]
+    known = [*MODELS, FOREIGN]
+    for label in labels:
+        if label not in given and re.sub(r"-s\d+$", "", label) not in known:
+            ap.error(f"--models: unknown model {label!r}; choose from {', '.join(known)}")
     test = load_split("fashion-mnist-mini", "test")
     if not 0 <= args.offset < len(test):
         ap.error(f"--offset must be in [0, {len(test)}): the split has {len(test)} points")
@@ -147,19 +180,29 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.save or scratch
-        for label in [m.strip() for m in args.models.split(",") if m.strip()]:
-            saved = Path(tmp) / label / "checkpoint.pt"
-            ckpt = given.get(label) or (
-                str(saved)
-                if args.save and saved.exists()
-                else train_model(label, tmp, args.epochs, eps, str(device))
-            )
-            model, _ = load_model(ckpt, device=device)
-            clean, res, held = compare(model, x, y, eps, args.seed, args.standard)
+        for label in labels:
+            if label == FOREIGN:
+                model, _ = load_model(
+                    aa_example_checkpoint(), arch="resnet18", dataset="cifar10", device=device
+                )
+                x_m, eps_m = cifar_shaped(x), foreign_eps
+                with attack_mode(model), torch.no_grad():
+                    y_m = model(x_m).argmax(1)  # made data: the model's own labels
+            else:
+                saved = Path(tmp) / label / "checkpoint.pt"
+                ckpt = given.get(label) or (
+                    str(saved)
+                    if args.save and saved.exists()
+                    else train_model(label, tmp, args.epochs, eps, str(device))
+                )
+                model, _ = load_model(ckpt, device=device)
+                x_m, y_m, eps_m = x, y, eps
+            clean, res, held = compare(model, x_m, y_m, eps_m, args.seed, args.standard)
             props = {k: r["fwd"] + r["bwd"] for k, r in res.items()}
             row = {
                 "model": label,
                 "n": len(x),
+                "eps": eps_m,
                 "clean": clean,
                 "robust": {k: r["robust"] for k, r in res.items()},
                 "propagations": props,

@@ -53,6 +53,7 @@ import evalkit  # noqa: E402
 from evalkit.attacks.mode import attack_mode  # noqa: E402
 from evalkit.checkpoint import load_model  # noqa: E402
 from evalkit.data import load_split  # noqa: E402
+from evalkit.errors import EvalkitError  # noqa: E402
 from evalkit.utils.device import resolve_device  # noqa: E402
 from evalkit.utils.parse import parse_eps  # noqa: E402
 
@@ -160,20 +161,38 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--save", default=None, help="train into this folder (kept) instead of a temp")
+    ap.add_argument(
+        "--save",
+        default=None,
+        help="train into this folder (kept) instead of a temp; a checkpoint already there under "
+        "the same label is reused as is, whatever --epochs/--eps were",
+    )
     args = ap.parse_args()
     device = resolve_device(args.device)
-    eps = parse_eps(args.eps)
-    foreign_eps = parse_eps(args.foreign_eps)
+    try:
+        eps = parse_eps(args.eps)
+        foreign_eps = parse_eps(args.foreign_eps)
+    except EvalkitError as err:
+        ap.error(f"--eps/--foreign-eps: {err}")
+    if any("=" not in item for item in args.ckpt):
+        ap.error("--ckpt takes LABEL=PATH, e.g. --ckpt smallcnn-at=runs/at/checkpoint.pt")
     given = dict(item.split("=", 1) for item in args.ckpt)
+    if FOREIGN in given:
+        ap.error(f"--ckpt: {FOREIGN} is pyautoattack's own checkpoint; give other labels")
     labels = [m.strip() for m in args.models.split(",") if m.strip()]
     known = [*MODELS, FOREIGN]
     for label in labels:
-        if label not in given and re.sub(r"-s\d+$", "", label) not in known:
+        trained = re.sub(r"-s\d+$", "", label)
+        if label not in given and (trained not in MODELS and label != FOREIGN):
             ap.error(f"--models: unknown model {label!r}; choose from {', '.join(known)}")
+    if args.n <= 0 or args.epochs <= 0:
+        ap.error("--n and --epochs must be positive integers")
     test = load_split("fashion-mnist-mini", "test")
-    if not 0 <= args.offset < len(test):
-        ap.error(f"--offset must be in [0, {len(test)}): the split has {len(test)} points")
+    if not 0 <= args.offset < len(test) or args.offset + args.n > len(test):
+        ap.error(
+            f"--offset + --n must be within the split's {len(test)} points "
+            f"(got {args.offset} + {args.n})"
+        )
     data = test.subset(slice(args.offset, args.offset + args.n))
     x = data.float_batch(torch.arange(len(data))).to(device)
     y = torch.as_tensor(data.y).to(device)

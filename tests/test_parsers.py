@@ -130,6 +130,7 @@ EPS_OK = [
     ("2", "l2", [("2", 2.0)]),
     ("28", "l2", [("28", 28.0)]),  # the diameter of a 1x28x28 image
     ("128/255", "L2", [("128/255", 128 / 255)]),
+    ("0.5/255", "linf", [("0.5/255", 0.5 / 255)]),  # a fractional numerator, as in 0.5/255
 ]
 EPS_BAD = [
     # (text or number, norm, text in every parser's error)
@@ -141,6 +142,7 @@ EPS_BAD = [
     ("2", "linf", "must be in (0, 1]: pixels live in [0, 1] (did you mean 2/255?)"),
     ("1/0", "linf", "cannot read eps '1/0'"),
     ("abc", "linf", "cannot read eps 'abc'"),
+    ("1/2/3", "linf", "cannot read eps '1/2/3'"),
     (True, "linf", "cannot read eps True"),
     ("8/255,8/255", "linf", "eps 8/255 is given twice"),
     (",", "linf", "eps is empty"),

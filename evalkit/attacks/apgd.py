@@ -80,7 +80,7 @@ the points that stay robust are below -0.7; without (3), a 3% tolerance lost one
 seeds, with it none. Both rules on, seeds 0-2 of both widths: no break lost (also with
 ``FAR_DLR`` 0.6, which skips more); seed 0: 0.46x (width 8) and 0.58x (width 16) the
 propagations of the plain chain. On a PGD-AT ResNet-18 (width 16, ``bench/aa_fast_models.py``)
-``skip_far_targets`` lost one break of 300 (seeds 0 and 1; the plain chain and ``stop_plateau``
+``skip_far_targets`` lost one break of 300 (training and attack seed 0; the plain chain and ``stop_plateau``
 alone found it; ``bench/results/aa_fast_models_skip_far_with_standard.json``): the
 calibration does not carry over to that architecture, so ``skip_far_targets`` stays an opt-in
 (the ``aa-fast`` preset uses ``stop_plateau`` and ``stop_far``).

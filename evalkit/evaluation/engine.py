@@ -269,7 +269,8 @@ class _Progress:
         # once (costing nothing). Where survivors are rare (a standard model) the few in the
         # batches still to come dominate the cost, and a first batch without one would
         # otherwise forecast none. (Laplace's whole pseudo-points overshot 1.48x on the bench's
-        # standard model under aa-fast, whose upper bound is 170x its cost.)
+        # standard model under aa-fast, whose upper bound is about 200x its cost:
+        # bench/results/estimate_accuracy.json.)
         per_point = (self.attacks + 0.5 * self.bound) / (self.points_done + 1)
         rest = per_point * max(self.points - self.points_done, 0)
         expected = int(round(self.clean + self.attacks + rest))

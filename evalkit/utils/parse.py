@@ -43,7 +43,13 @@ def _read_eps(raw: str | float) -> float:
         return float(raw)
     text = str(raw).strip()
     try:
-        return float(Fraction(text)) if "/" in text else float(text)
+        if "/" not in text:
+            return float(text)
+        num, _, den = text.partition("/")
+        if "/" in den:
+            raise ValueError(text)
+        # Fraction keeps 8/255 exact before the one rounding; it refuses 0.5/255, floats don't.
+        return float(Fraction(num) / Fraction(den))
     except (ValueError, ZeroDivisionError):
         raise EvalkitError(f"cannot read eps {text!r} {_READ_HELP}") from None
 

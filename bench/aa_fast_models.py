@@ -82,11 +82,16 @@ def cifar_shaped(x: torch.Tensor) -> torch.Tensor:
     return F.pad(x, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
 
 
+def split_label(label: str) -> tuple[str, str | None]:
+    """``("smallcnn-at", "2")`` from ``smallcnn-at-s2``; the seed is None without ``-s<seed>``."""
+    match = re.fullmatch(r"(.+?)(?:-s(\d+))?", label)
+    return match.group(1), match.group(2)
+
+
 def train_model(label: str, tmp: str, epochs: int, eps: float, device: str) -> str:
     """Trains ``label`` (a key of ``MODELS``, optionally with ``-s<seed>``: training seed,
     default 0) into ``tmp/label``; returns the checkpoint's path."""
-    match = re.fullmatch(r"(.+?)(?:-s(\d+))?", label)
-    base, seed = match.group(1), match.group(2)
+    base, seed = split_label(label)
     arch, defense = MODELS[base]
     t0 = time.perf_counter()
     path = evalkit.train(
@@ -182,8 +187,7 @@ def main() -> None:
     labels = [m.strip() for m in args.models.split(",") if m.strip()]
     known = [*MODELS, FOREIGN]
     for label in labels:
-        trained = re.sub(r"-s\d+$", "", label)
-        if label not in given and (trained not in MODELS and label != FOREIGN):
+        if label not in given and split_label(label)[0] not in MODELS and label != FOREIGN:
             ap.error(f"--models: unknown model {label!r}; choose from {', '.join(known)}")
     if args.n <= 0 or args.epochs <= 0:
         ap.error("--n and --epochs must be positive integers")

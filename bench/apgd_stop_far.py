@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import re
 import sys
 import tempfile
 import time
@@ -43,14 +42,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from aa_fast_models import MODELS, train_model  # noqa: E402
+from aa_fast_models import MODELS, split_label, train_model  # noqa: E402
 
 from evalkit.attacks.mode import attack_mode  # noqa: E402
 from evalkit.attacks.pgd import random_init  # noqa: E402
 from evalkit.checkpoint import load_model  # noqa: E402
 from evalkit.data import load_split  # noqa: E402
+from evalkit.errors import EvalkitError  # noqa: E402
 from evalkit.evaluation.protocol import PRESETS  # noqa: E402
 from evalkit.evaluation.units import CostCounter  # noqa: E402
+from evalkit.utils.parse import parse_eps  # noqa: E402
 
 APGD = importlib.import_module("evalkit.attacks.apgd")
 N_ITER = 100
@@ -224,8 +225,12 @@ def main() -> None:
     ap.add_argument("--save", default=None, help="models are trained into / reused from here")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    if args.n <= 0 or args.epochs <= 0 or not 0 < args.eps <= 1:
-        ap.error("--n and --epochs must be positive; --eps in (0, 1]")
+    if args.n <= 0 or args.epochs <= 0:
+        ap.error("--n and --epochs must be positive integers")
+    try:
+        parse_eps(args.eps)
+    except EvalkitError as err:
+        ap.error(f"--eps: {err}")
     configs = args.config or list(CONFIGS)
     data = load_split("fashion-mnist-mini", "test")
     parsed = []
@@ -235,7 +240,7 @@ def main() -> None:
             parsed.append((label, int(start), int(seed)))
         except ValueError:
             ap.error(f"--config takes MODEL:START:SEED (e.g. smallcnn-at:0:0), not {spec!r}")
-        if re.sub(r"-s\d+$", "", parsed[-1][0]) not in MODELS:
+        if split_label(parsed[-1][0])[0] not in MODELS:
             ap.error(f"--config {spec}: unknown model; choose from {', '.join(MODELS)}")
         if not 0 <= parsed[-1][1] <= len(data) - args.n:
             ap.error(
